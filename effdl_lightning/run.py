@@ -1,0 +1,110 @@
+"""The training job behind ``train.py``: build everything from a Hydra config, fit, test, report."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def _instantiate_named(group: DictConfig | None, kind: type, what: str) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a dict-valued config group, in its order.
+
+    ``null`` entries are skipped, so ``callbacks.early_stopping=null`` removes one callback from a preset.
+    """
+    objects: list[Any] = []
+    if not group:
+        return objects
+    if not isinstance(group, DictConfig):
+        raise TypeError(f"config `{what}` must be a mapping of name -> config, got {type(group).__name__}")
+    for name, conf in group.items():
+        if conf is None:
+            continue
+        if not isinstance(conf, DictConfig) or "_target_" not in conf:
+            raise ValueError(f"config `{what}.{name}` has no `_target_`; every entry of `{what}` needs one")
+        obj = instantiate(conf)
+        if not isinstance(obj, kind):
+            raise TypeError(f"`{what}.{name}` built a {type(obj).__name__}, not a {kind.__name__}")
+        objects.append(obj)
+    return objects
+
+
+def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
+    """Instantiate datamodule, model, LightningModule, callbacks (compression last), loggers and trainer."""
+    datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    module: pl.LightningModule = instantiate(cfg.module, model=model)
+    callbacks: list[Callback] = _instantiate_named(cfg.get("callbacks"), Callback, "callbacks")
+    callbacks += _instantiate_named(cfg.get("compression"), Callback, "compression")
+    loggers: list[Logger] = _instantiate_named(cfg.get("logger"), Logger, "logger")
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return datamodule, module, trainer
+
+
+def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        try:
+            out[key] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def _log_hyperparams(loggers: Iterable[Logger], cfg: DictConfig) -> None:
+    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    for logger in loggers:
+        logger.log_hyperparams(container)  # type: ignore[arg-type]
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Run the job described by ``cfg`` (see ``conf/train.yaml``) and return its final metrics.
+
+    Steps: seed everything, build the parts, log the resolved config, ``fit`` (resuming from ``ckpt_path``
+    when set) if ``cfg.train``, then ``test`` if ``cfg.test`` — on the weights at the end of fit, or on the
+    checkpoint named by ``test_ckpt`` (``best``, ``last`` or a path). Returns every logged scalar metric
+    (``train/*``, ``val/*``, ``test/*``, ``compress/*``).
+    """
+    if cfg.get("seed") is not None:
+        pl.seed_everything(int(cfg.seed), workers=True)
+    datamodule, module, trainer = build(cfg)
+    _log_hyperparams(trainer.loggers, cfg)
+
+    metrics: dict[str, float] = {}
+    if cfg.get("train", True):
+        log.info("Fitting %s on %s", type(module.model if hasattr(module, "model") else module).__name__,
+                 type(datamodule).__name__)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics.update(_floats(trainer.callback_metrics))
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            after = getattr(callback, "after", None)
+            if isinstance(after, dict):
+                metrics.update(_floats(after))
+    if cfg.get("test", True):
+        ckpt = cfg.get("test_ckpt")
+        if not cfg.get("train", True) and ckpt is None:
+            ckpt = cfg.get("ckpt_path")
+        if ckpt == "best" and not getattr(trainer.checkpoint_callback, "best_model_path", ""):
+            log.warning("No best checkpoint was saved (e.g. fast_dev_run); testing the current weights.")
+            ckpt = None
+        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt)
+        metrics.update(_floats(trainer.callback_metrics))
+    return metrics
+
+
+def metric_for_sweeper(cfg: DictConfig, metrics: Mapping[str, float]) -> float | None:
+    """Return ``metrics[cfg.optimized_metric]`` for Hydra sweepers (Optuna), or ``None`` when unset."""
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric {name!r} was not logged; logged metrics: {sorted(metrics)}")
+    return float(metrics[name])
