@@ -80,8 +80,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
-        log.info("Fitting %s on %s", type(module.model if hasattr(module, "model") else module).__name__,
-                 type(datamodule).__name__)
+        log.info(
+            "Fitting %s on %s",
+            type(module.model if hasattr(module, "model") else module).__name__,
+            type(datamodule).__name__,
+        )
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics.update(_floats(trainer.callback_metrics))
         for callback in trainer.callbacks:  # type: ignore[attr-defined]

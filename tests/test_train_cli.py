@@ -30,7 +30,9 @@ def _train(cwd: Path, *overrides: str, check: bool = True) -> subprocess.Complet
         timeout=300,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"train.py {' '.join(overrides)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"train.py {' '.join(overrides)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 from typing_extensions import override
@@ -89,7 +89,9 @@ class CompressionReport(Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.before:  # a resumed fit keeps the "before" of the original run (restored by load_state_dict)
+        if (
+            not self.before
+        ):  # a resumed fit keeps the "before" of the original run (restored by load_state_dict)
             self.before = self.measure(trainer, pl_module)
         self._log(trainer, self.before)
 
@@ -98,7 +100,7 @@ class CompressionReport(Callback):
         self.after = self.measure(trainer, pl_module)
         self._log(trainer, self.after)
         if self.print_table:
-            rank_zero_info(format_report(self.before, self.after))
+            _print(format_report(self.before, self.after))
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -107,6 +109,11 @@ class CompressionReport(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.before = dict(state_dict.get("before", {}))
+
+
+@rank_zero_only
+def _print(text: str) -> None:
+    print(text, flush=True)
 
 
 def _fmt(value: float | None) -> str:
@@ -130,7 +137,12 @@ def format_report(before: dict[str, float], after: dict[str, float]) -> str:
     widths = [max(len(row[i]) for row in table) for i in range(4)]
     lines = ["Compression report (MACs at batch 1; size = bytes of the saved state dict)"]
     for i, row in enumerate(table):
-        lines.append("  ".join(cell.ljust(w) if j == 0 else cell.rjust(w) for j, (cell, w) in enumerate(zip(row, widths, strict=True))))
+        lines.append(
+            "  ".join(
+                cell.ljust(w) if j == 0 else cell.rjust(w)
+                for j, (cell, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)

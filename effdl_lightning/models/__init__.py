@@ -1,5 +1,36 @@
-"""Reference and efficient architectures, registered by name (``create``, ``list_models``)."""
+"""Reference and efficient architectures, registered by name (``create``, ``list_models``).
 
+Importing this package imports every architecture module, which registers its models.
+"""
+
+from effdl_lightning.models.cnn1d import CNN1D
+from effdl_lightning.models.efficientnet import EfficientNet
+from effdl_lightning.models.lenet import LeNet5, LeNet300100
+from effdl_lightning.models.mlp import MLP
+from effdl_lightning.models.mnasnet import MnasNetA1
+from effdl_lightning.models.mobilenet import MobileNetV1, MobileNetV2
 from effdl_lightning.models.registry import ModelEntry, create, get_model_entry, list_models, register_model
+from effdl_lightning.models.resnet_cifar import BasicBlock, ResNetCifar
+from effdl_lightning.models.shufflenet import ShuffleNetV1, ShuffleNetV2
+from effdl_lightning.models.vgg import VGGSmall
 
-__all__ = ["ModelEntry", "create", "get_model_entry", "list_models", "register_model"]
+__all__ = [
+    "CNN1D",
+    "MLP",
+    "BasicBlock",
+    "EfficientNet",
+    "LeNet5",
+    "LeNet300100",
+    "MnasNetA1",
+    "MobileNetV1",
+    "MobileNetV2",
+    "ModelEntry",
+    "ResNetCifar",
+    "ShuffleNetV1",
+    "ShuffleNetV2",
+    "VGGSmall",
+    "create",
+    "get_model_entry",
+    "list_models",
+    "register_model",
+]

@@ -1,0 +1,1 @@
+"""Benchmarks: measurements, not tests. Each module has ``main(argv)`` and writes to benchmarks/results/."""
