@@ -25,7 +25,8 @@ def _instantiate_named(group: DictConfig | None, kind: type, what: str) -> list[
         return objects
     if not isinstance(group, DictConfig):
         raise TypeError(f"config `{what}` must be a mapping of name -> config, got {type(group).__name__}")
-    for name, conf in group.items():
+    for key, conf in group.items():
+        name = str(key)
         if conf is None:
             continue
         if not isinstance(conf, DictConfig) or "_target_" not in conf:

@@ -89,9 +89,8 @@ class CompressionReport(Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if (
-            not self.before
-        ):  # a resumed fit keeps the "before" of the original run (restored by load_state_dict)
+        # a resumed fit keeps the "before" of the original run (restored by load_state_dict)
+        if not self.before:
             self.before = self.measure(trainer, pl_module)
         self._log(trainer, self.before)
 
