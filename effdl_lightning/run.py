@@ -31,7 +31,7 @@ def _instantiate_named(group: DictConfig | None, kind: type, what: str) -> list[
             continue
         if not isinstance(conf, DictConfig) or "_target_" not in conf:
             raise ValueError(f"config `{what}.{name}` has no `_target_`; every entry of `{what}` needs one")
-        obj = instantiate(conf)
+        obj = instantiate(conf, _convert_="all")
         if not isinstance(obj, kind):
             raise TypeError(f"`{what}.{name}` built a {type(obj).__name__}, not a {kind.__name__}")
         objects.append(obj)
@@ -40,13 +40,15 @@ def _instantiate_named(group: DictConfig | None, kind: type, what: str) -> list[
 
 def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
     """Instantiate datamodule, model, LightningModule, callbacks (compression last), loggers and trainer."""
-    datamodule: pl.LightningDataModule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
-    module: pl.LightningModule = instantiate(cfg.module, model=model)
+    # _convert_="all": objects receive plain lists and dicts, never OmegaConf containers (which would end up
+    # in checkpoints' hyper-parameters and break loading them with weights_only=True)
+    datamodule: pl.LightningDataModule = instantiate(cfg.data, _convert_="all")
+    model = instantiate(cfg.model, _convert_="all")
+    module: pl.LightningModule = instantiate(cfg.module, model=model, _convert_="all")
     callbacks: list[Callback] = _instantiate_named(cfg.get("callbacks"), Callback, "callbacks")
     callbacks += _instantiate_named(cfg.get("compression"), Callback, "compression")
     loggers: list[Logger] = _instantiate_named(cfg.get("logger"), Logger, "logger")
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
     return datamodule, module, trainer
 
 

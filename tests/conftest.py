@@ -26,11 +26,12 @@ ComposeFn = Callable[..., DictConfig]
 def compose_cfg(tmp_path: Path) -> Iterator[ComposeFn]:
     """Return ``compose(overrides, config_name="train")`` with every path under ``tmp_path``.
 
-    The run is made small (no progress bar, CPU, data read from the package) and ``hydra:`` interpolations
-    resolve as in a real run.
+    ``hydra:`` interpolations resolve as in a real run; ``keep_hydra=True`` keeps the ``hydra`` node.
     """
 
-    def _compose(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
+    def _compose(
+        overrides: list[str] | None = None, config_name: str = "train", keep_hydra: bool = False
+    ) -> DictConfig:
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=overrides or [], return_hydra_config=True)
@@ -40,7 +41,8 @@ def compose_cfg(tmp_path: Path) -> Iterator[ComposeFn]:
             cfg.paths.output_dir = str(tmp_path / "out")
             cfg.paths.log_dir = str(tmp_path / "logs")
             cfg.paths.data_dir = str(tmp_path / "data")
-            cfg.hydra.runtime.output_dir = str(tmp_path / "out")
+            if not keep_hydra:  # as in a real run, where @hydra.main passes the job config only
+                del cfg["hydra"]
         return cfg
 
     yield _compose

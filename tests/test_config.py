@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
@@ -50,7 +51,19 @@ def test_every_model_config_instantiates_for_its_data(compose_cfg: ComposeFn, na
 
 
 @pytest.mark.parametrize(
-    "group", ["trainer", "logger", "callbacks", "module", "debug", "paths", "hparams_search", "compression"]
+    "group",
+    [
+        "trainer",
+        "logger",
+        "callbacks",
+        "module",
+        "module/optimizer",
+        "module/scheduler",
+        "debug",
+        "paths",
+        "hparams_search",
+        "compression",
+    ],
 )
 def test_every_option_of_every_group_composes_and_instantiates(compose_cfg: ComposeFn, group: str) -> None:
     for name in _options(group):
@@ -58,7 +71,9 @@ def test_every_option_of_every_group_composes_and_instantiates(compose_cfg: Comp
         if group == "trainer":
             trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
             assert isinstance(trainer_cfg, dict) and trainer_cfg["_target_"].endswith("Trainer")
-            if trainer_cfg.get("strategy") != "ddp":  # DDP is exercised in a subprocess, not built here
+            # DDP is exercised in a subprocess, and a GPU trainer needs a GPU
+            needs_gpu = trainer_cfg["accelerator"] == "gpu" and not torch.cuda.is_available()
+            if trainer_cfg.get("strategy") != "ddp" and not needs_gpu:
                 assert isinstance(instantiate(cfg.trainer), Trainer)
         elif group in ("logger", "callbacks", "compression"):
             node = cfg.get(group) or {}
@@ -71,10 +86,18 @@ def test_every_option_of_every_group_composes_and_instantiates(compose_cfg: Comp
         else:
             _, module, trainer = build(cfg)
             assert isinstance(module, LightningModule) and isinstance(trainer, Trainer)
+            optimizers = module.configure_optimizers()
+            assert optimizers is not None
+
+
+def test_constant_learning_rate_by_removing_the_scheduler(compose_cfg: ComposeFn) -> None:
+    cfg = compose_cfg(["~module/scheduler"])
+    _, module, _ = build(cfg)
+    assert isinstance(module.configure_optimizers(), torch.optim.SGD)
 
 
 def test_slurm_launcher_composes(compose_cfg: ComposeFn) -> None:
-    cfg = compose_cfg(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
+    cfg = compose_cfg(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], keep_hydra=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.partition == "gpu" and launcher.timeout_min == 240

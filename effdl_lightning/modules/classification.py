@@ -60,6 +60,8 @@ class ClassificationModule(LightningModule):
             raise ValueError(f"`scheduler_interval` must be one of {_INTERVALS}, got {scheduler_interval!r}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}")
+        # plain types only (not OmegaConf containers), so that checkpoints load with weights_only=True
+        input_shape = tuple(int(d) for d in input_shape) if input_shape is not None else None
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         self.model = model
         self.num_classes = int(num_classes)
@@ -68,7 +70,7 @@ class ClassificationModule(LightningModule):
         self.scheduler_interval = scheduler_interval
         self.scheduler_monitor = scheduler_monitor
         self.label_smoothing = float(label_smoothing)
-        self.input_shape = tuple(int(d) for d in input_shape) if input_shape is not None else None
+        self.input_shape = input_shape
         if self.input_shape is not None:
             self.example_input_array = torch.zeros(1, *self.input_shape)
         self.train_acc = MulticlassAccuracy(self.num_classes, average="micro")
