@@ -109,3 +109,13 @@ def test_unknown_model_lists_known_models(tmp_path: Path) -> None:
     proc = _train(tmp_path, "model=resnet9000", check=False)
     assert proc.returncode != 0
     assert "Could not find 'model/resnet9000'" in proc.stderr and "lenet5" in proc.stderr
+
+
+@pytest.mark.ddp
+def test_ddp_with_two_cpu_processes(tmp_path: Path) -> None:
+    proc = _train(tmp_path, "trainer=ddp_cpu", "trainer.max_epochs=1", *FAST)
+    (run_dir,) = _runs(tmp_path)
+    assert (run_dir / "train_ddp_process_1.log").is_file()  # the second process really ran
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 4
+    assert "Compression report" in proc.stdout + proc.stderr

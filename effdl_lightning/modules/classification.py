@@ -96,7 +96,16 @@ class ClassificationModule(LightningModule):
         acc = getattr(self, f"{stage}_acc")
         acc(logits, y)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=stage != "test")
+        # val/test losses are averaged over all DDP processes; the training loss stays per process (no
+        # all-reduce on every step)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=stage != "test",
+            sync_dist=not on_step,
+        )
         self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train")
         if stage != "train" and self.num_classes >= 5:
             top5 = getattr(self, f"{stage}_acc_top5")
