@@ -52,7 +52,11 @@ def select_modules(
         ValueError: a pattern that matches nothing, or an empty selection (with ``strict=True``).
     """
     inc, exc = _as_patterns(include), _as_patterns(exclude)
-    eligible = {name: m for name, m in model.named_modules() if name and isinstance(m, tuple(layer_types))}
+    types = tuple(layer_types)
+    eligible: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        if name and isinstance(module, types):
+            eligible[name] = module
     if strict:
         for kind, patterns in (("include", inc), ("exclude", exc)):
             for pattern in patterns:
@@ -62,7 +66,7 @@ def select_modules(
                         f"{kind} pattern {pattern!r} matches no layer of types "
                         f"{[t.__name__ for t in layer_types]}; eligible layers: {known}"
                     )
-    selected = {
+    selected: dict[str, nn.Module] = {
         name: m
         for name, m in eligible.items()
         if (not inc or any(fnmatch.fnmatchcase(name, p) for p in inc))
