@@ -1,6 +1,7 @@
 """Lightning callbacks: one per technique, each a thin wrapper over ``effdl_lightning.core``."""
 
 from effdl_lightning.callbacks.compression_report import CompressionReport, format_report
+from effdl_lightning.callbacks.deep_compression_export import DeepCompressionExport
 from effdl_lightning.callbacks.magnitude_pruning import MagnitudePruning
 
-__all__ = ["CompressionReport", "MagnitudePruning", "format_report"]
+__all__ = ["CompressionReport", "DeepCompressionExport", "MagnitudePruning", "format_report"]
