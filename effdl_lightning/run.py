@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -13,6 +14,54 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
+
+#: ``conf/`` of a source checkout (where ``train.py`` lives)
+DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose(
+    overrides: Sequence[str] = (),
+    *,
+    output_dir: str | Path,
+    config_dir: str | Path | None = None,
+    config_name: str = "train",
+    keep_hydra: bool = False,
+) -> DictConfig:
+    """Compose ``conf/train.yaml`` with ``overrides`` as ``train.py`` would, for use from Python.
+
+    ``hydra:`` interpolations resolve as in a real run, with the run folder at ``output_dir`` (data and logs
+    under it too, unless overridden). ``run(compose([...], output_dir=...))`` is ``python train.py ...``.
+
+    Args:
+        overrides: Hydra overrides, e.g. ``["experiment=lenet5_mnist", "seed=1"]``.
+        output_dir: the run folder.
+        config_dir: the ``conf/`` folder; default: the one next to ``train.py`` in a source checkout.
+        config_name: the root config.
+        keep_hydra: keep the ``hydra`` node (``@hydra.main`` passes the job config without it).
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    conf = Path(config_dir) if config_dir is not None else DEFAULT_CONFIG_DIR
+    if not conf.is_dir():
+        raise FileNotFoundError(f"config folder {conf} not found; pass config_dir=<your conf/ folder>")
+    out = Path(output_dir).resolve()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf.resolve()), version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+        cfg.paths.log_dir = str(out / "logs")
+        if "paths.data_dir" not in " ".join(overrides):
+            cfg.paths.data_dir = str(out / "data")
+        if not keep_hydra:
+            del cfg["hydra"]
+    GlobalHydra.instance().clear()
+    return cfg
 
 
 def _instantiate_named(group: DictConfig | None, kind: type, what: str) -> list[Any]:

@@ -3,5 +3,6 @@
 from effdl_lightning.callbacks.compression_report import CompressionReport, format_report
 from effdl_lightning.callbacks.deep_compression_export import DeepCompressionExport
 from effdl_lightning.callbacks.magnitude_pruning import MagnitudePruning
+from effdl_lightning.callbacks.weight_sharing import WeightSharing
 
-__all__ = ["CompressionReport", "DeepCompressionExport", "MagnitudePruning", "format_report"]
+__all__ = ["CompressionReport", "DeepCompressionExport", "MagnitudePruning", "WeightSharing", "format_report"]
