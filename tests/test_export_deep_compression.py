@@ -346,3 +346,17 @@ def test_bad_state_and_files(tmp_path: Path) -> None:
     bad.write_bytes(good.read_bytes() + b"\x00")
     with pytest.raises(ValueError, match="1 trailing bytes"):
         load_deep_compressed(bad)
+
+
+def test_auto_index_bits_keeps_the_smallest_encoding_and_round_trips(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(64, 200)
+    weight[torch.rand(64, 200) > 0.1] = 0.0
+    state = {"w": weight}
+    sizes = {bits: storage_report(state, index_bits=bits).total_bytes for bits in range(2, 9)}
+    auto = save_deep_compressed(state, tmp_path / "auto.deepc", index_bits="auto")
+    assert auto.total_bytes == min(sizes.values())
+    assert auto.tensors[0].index_bits == min(sizes, key=sizes.__getitem__)
+    assert torch.equal(load_deep_compressed(tmp_path / "auto.deepc")["w"], weight)
+    with pytest.raises(ValueError, match="index_bits must be an int, a mapping, None or 'auto'; got 'best'"):
+        storage_report(state, index_bits="best")

@@ -32,7 +32,8 @@ class DeepCompressionExport(Callback):
 
     Args:
         path: where to write; ``None`` = ``<trainer.default_root_dir>/model.deepc``.
-        index_bits: relative-index bits, one int or per tensor name; ``None`` = the paper's 8 (conv) / 5 (fc).
+        index_bits: relative-index bits, one int or per tensor name; ``None`` = the paper's 8 (conv) / 5 (fc);
+            ``"auto"`` = the smallest of 2–8 bits per tensor.
         huffman: Huffman-code gaps and cluster indices.
         print_table: print the storage table at fit end (rank zero).
     """
@@ -40,14 +41,20 @@ class DeepCompressionExport(Callback):
     def __init__(
         self,
         path: str | os.PathLike[str] | None = None,
-        index_bits: int | Mapping[str, int] | None = None,
+        index_bits: int | Mapping[str, int] | str | None = None,
         huffman: bool = True,
         print_table: bool = True,
     ) -> None:
         if isinstance(index_bits, int) and not 1 <= index_bits <= 16:
             raise MisconfigurationException(f"`index_bits` must be in [1, 16], got {index_bits}")
+        if isinstance(index_bits, str) and index_bits != "auto":
+            raise MisconfigurationException(
+                f"`index_bits` must be an int, a mapping, None or 'auto', got {index_bits!r}"
+            )
         self.path = Path(path) if path is not None else None
-        self.index_bits = dict(index_bits) if isinstance(index_bits, Mapping) else index_bits
+        self.index_bits: int | dict[str, int] | str | None = (
+            dict(index_bits) if isinstance(index_bits, Mapping) else index_bits
+        )
         self.huffman = huffman
         self.print_table = print_table
         self.report: Any = None
@@ -89,4 +96,6 @@ class DeepCompressionExport(Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
         if self.print_table:
-            print(f"Deep Compression file {path} ({report.file_bytes:,} bytes)\n{report.to_table()}", flush=True)
+            print(
+                f"Deep Compression file {path} ({report.file_bytes:,} bytes)\n{report.to_table()}", flush=True
+            )

@@ -9,7 +9,7 @@ File layout (all integers little-endian)::
 
     offset 0   4 bytes   magic b"EDC1"
     offset 4   uint32    H = length of the JSON header
-    offset 8   H bytes   UTF-8 JSON header: {"format", "version", "tensors": [per tensor, in state-dict
+    offset 8   H bytes   zlib-compressed UTF-8 JSON header: {"format", "version", "tensors": [per tensor, in state-dict
                          order: name, shape, dtype, "format": "raw" | "sparse" and, for sparse tensors, the
                          entry count, index/value bits, codebook size and each stream's coding and bit
                          count]} — what a reader needs to split the payload, nothing it could not rebuild
@@ -31,6 +31,7 @@ import os
 import struct
 import sys
 import tempfile
+import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -51,13 +52,15 @@ from effdl_lightning.export.sparse_format import (
 )
 
 MAGIC = b"EDC1"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _PREFIX = struct.Struct("<4sI")  # magic, header length
 #: dtypes a compressed tensor may have: their values are exactly representable in float32
 _SPARSE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 CompressFn = Callable[[str, Tensor], bool]
 BitsArg = Mapping[str, int] | int | None
+#: ``index_bits="auto"``: the relative-index widths tried per tensor (the smallest encoding is kept)
+AUTO_INDEX_BITS = range(2, 9)
 
 
 def default_compress(name: str, tensor: Tensor) -> bool:
@@ -150,7 +153,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 def _encode(
     state_dict_or_module: Mapping[str, Tensor] | nn.Module,
     codebooks: Mapping[str, tuple[Tensor, Tensor]] | None,
-    index_bits: BitsArg,
+    index_bits: BitsArg | str,
     value_bits: BitsArg,
     huffman: bool,
     compress: CompressFn | None,
@@ -176,7 +179,10 @@ def _encode(
         raise ValueError(
             f"codebooks are given for {not_compressed}, which are not compressed; compressed: {compressed}"
         )
-    index_of = _per_tensor(index_bits, "index_bits", compressed)
+    auto = index_bits == "auto"
+    if isinstance(index_bits, str) and not auto:
+        raise ValueError(f"index_bits must be an int, a mapping, None or 'auto'; got {index_bits!r}")
+    index_of = _per_tensor(None if auto else index_bits, "index_bits", compressed)  # type: ignore[arg-type]
     value_of = _per_tensor(value_bits, "value_bits", compressed)
     for name in compressed:
         if index_of[name] is not None:
@@ -201,13 +207,14 @@ def _encode(
         if name in index_of:
             flat = tensor.reshape(-1).to(torch.float32).numpy()
             bits = index_of[name]
-            encoded: EncodedTensor = encode_sparse(
-                flat,
-                index_bits=default_index_bits(shape) if bits is None else bits,
-                value_bits=value_of[name],
-                codebook=checked.get(name),
-                huffman=huffman,
-            )
+            widths = AUTO_INDEX_BITS if auto else [default_index_bits(shape) if bits is None else bits]
+            candidates = [
+                encode_sparse(
+                    flat, index_bits=w, value_bits=value_of[name], codebook=checked.get(name), huffman=huffman
+                )
+                for w in widths
+            ]
+            encoded: EncodedTensor = min(candidates, key=lambda e: e.nbytes)
             meta.update(encoded.meta)
             sections += encoded.sections
             n = max(encoded.entries, 1)
@@ -231,10 +238,13 @@ def _encode(
             )  # fmt: skip
         metas.append(meta)
         reports.append(report)
-    header_json = json.dumps(
-        {"format": "effdl-deep-compression", "version": FORMAT_VERSION, "tensors": metas},
-        separators=(",", ":"),
-    ).encode("utf-8")
+    header_json = zlib.compress(
+        json.dumps(
+            {"format": "effdl-deep-compression", "version": FORMAT_VERSION, "tensors": metas},
+            separators=(",", ":"),
+        ).encode("utf-8"),
+        level=9,
+    )
     header = _PREFIX.pack(MAGIC, len(header_json)) + header_json
     storage = StorageReport(
         tensors=reports,
@@ -249,7 +259,7 @@ def storage_report(
     state_dict_or_module: Mapping[str, Tensor] | nn.Module,
     *,
     codebooks: Mapping[str, tuple[Tensor, Tensor]] | None = None,
-    index_bits: BitsArg = None,
+    index_bits: BitsArg | str = None,
     value_bits: BitsArg = None,
     huffman: bool = True,
     compress: CompressFn | None = None,
@@ -263,7 +273,7 @@ def save_deep_compressed(
     path: str | os.PathLike[str],
     *,
     codebooks: Mapping[str, tuple[Tensor, Tensor]] | None = None,
-    index_bits: BitsArg = None,
+    index_bits: BitsArg | str = None,
     value_bits: BitsArg = None,
     huffman: bool = True,
     compress: CompressFn | None = None,
@@ -278,7 +288,8 @@ def save_deep_compressed(
             value, e.g. −1, where the weight is zero) and the weight must equal ``centroids[assignments]`` at
             every nonzero. Tensors without a codebook store float values.
         index_bits: relative-index bits, one int for all compressed tensors or per name; default 5 for
-            matrices (fc) and 8 for higher-rank (conv) weights, as in the paper.
+            matrices (fc) and 8 for higher-rank (conv) weights, as in the paper; ``"auto"`` tries 2–8 bits
+            per tensor and keeps the smallest encoding (the width is stored, so loading is unchanged).
         value_bits: per tensor (or one int): the codebook-code width of a shared tensor (default: the fewest
             bits that index its codes, the filler zero included) or 32/16 for plain float values (default
             32; 16 rounds to float16).
@@ -325,7 +336,7 @@ def load_deep_compressed(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     magic, header_len = _PREFIX.unpack_from(data)
     if magic != MAGIC:
         raise ValueError(f"{path}: not a Deep Compression file (magic {magic!r}, expected {MAGIC!r})")
-    header = json.loads(data[_PREFIX.size : _PREFIX.size + header_len].decode("utf-8"))
+    header = json.loads(zlib.decompress(data[_PREFIX.size : _PREFIX.size + header_len]).decode("utf-8"))
     if header.get("version") != FORMAT_VERSION:
         raise ValueError(f"{path}: unsupported format version {header.get('version')!r}")
     offset = _PREFIX.size + header_len
