@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
@@ -17,6 +18,9 @@ CONF_DIR = ROOT / "conf"
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+# the suite's nets are tiny: one intra-op thread avoids thread start-up and contention on 2 cores
+torch.set_num_threads(1)
 
 
 ComposeFn = Callable[..., DictConfig]
