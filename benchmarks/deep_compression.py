@@ -39,20 +39,29 @@ QUICK = [
     "compression.magnitude_pruning.end=2",
     "compression.weight_sharing.start_epoch=3",
 ]
-COMMON = ["callbacks.progress_bar=null", "logger=null", "callbacks.model_checkpoint=null"]
+COMMON = [
+    "callbacks.progress_bar=null",
+    "~logger",
+    "callbacks.model_checkpoint=null",
+    "callbacks.lr_monitor=null",
+]
 
 
 def run_one(model: str, seed: int, compressed: bool, quick: bool, workdir: Path) -> dict[str, Any]:
     """Train one configuration through ``run(cfg)`` and return its test accuracy and storage."""
     from effdl_lightning.run import build, compose
 
-    overrides = [f"experiment=deep_compression_{model}", f"seed={seed}", *COMMON]
-    overrides += QUICK if quick else []
-    if not compressed:
-        overrides = [o for o in overrides if not o.startswith("compression.")]
-        overrides += ["compression=[]", "callbacks=default"]
     out = workdir / f"{model}_{seed}_{'dc' if compressed else 'dense'}"
+    overrides = [f"experiment=deep_compression_{model}", f"seed={seed}", *COMMON, *(QUICK if quick else [])]
     cfg = compose(overrides, output_dir=out)
+    if not compressed:  # the dense baseline: the same data, model, epochs, batches, optimizer and schedule
+        same = [o for o in overrides if o.startswith(("seed=", "trainer.", "callbacks.", "~"))]
+        same += [
+            f"model={model}",
+            f"trainer.max_epochs={cfg.trainer.max_epochs}",
+            f"module.optimizer.lr={cfg.module.optimizer.lr}",
+        ]
+        cfg = compose(list(dict.fromkeys(same)), output_dir=out)
     datamodule, module, trainer = build(cfg)
     trainer.fit(module, datamodule=datamodule)
     (test,) = trainer.test(module, datamodule=datamodule, verbose=False)
