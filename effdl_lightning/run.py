@@ -97,7 +97,9 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     callbacks: list[Callback] = _instantiate_named(cfg.get("callbacks"), Callback, "callbacks")
     callbacks += _instantiate_named(cfg.get("compression"), Callback, "compression")
     loggers: list[Logger] = _instantiate_named(cfg.get("logger"), Logger, "logger")
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all"
+    )
     return datamodule, module, trainer
 
 

@@ -31,7 +31,9 @@ def compose_cfg(tmp_path: Path) -> Iterator[ComposeFn]:
     """Return ``compose(overrides, keep_hydra=False)`` with the run, data and logs under ``tmp_path``."""
 
     def _compose(overrides: list[str] | None = None, keep_hydra: bool = False) -> DictConfig:
-        return compose(overrides or [], output_dir=tmp_path / "out", config_dir=CONF_DIR, keep_hydra=keep_hydra)
+        return compose(
+            overrides or [], output_dir=tmp_path / "out", config_dir=CONF_DIR, keep_hydra=keep_hydra
+        )
 
     yield _compose
     GlobalHydra.instance().clear()
