@@ -14,6 +14,7 @@ against 4 bytes per element of the fp32 state dict.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "storage_ratio": mean_std(ratios),
                 "file_bytes": mean_std([r["file_bytes"] for r in dc]),
                 "dense_fp32_bytes": dc[0]["dense_fp32_bytes"],
-                "layers_seed0": dc[0]["layers"],
+                "layers_seed0": next((r["layers"] for r in dc if "layers" in r), []),
             }
         )
     return out
@@ -184,17 +185,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     parser.add_argument("--seeds", type=int, nargs="*", default=None, help="seeds (default 0 1 2)")
     parser.add_argument("--models", nargs="*", default=None, help="lenet300 and/or lenet5")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="ignore the runs already recorded in <out>/deep_compression_runs.jsonl",
+    )
     args = parser.parse_args(argv or [])
     quiet()
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     models = args.models or (["lenet300"] if args.quick else ["lenet300", "lenet5"])
+    # every finished run is appended to a JSON-lines file at once, so an interrupted benchmark resumes
+    log = Path(args.out) / f"{output_stem('deep_compression', args.quick)}_runs.jsonl"
+    done = (
+        [] if args.fresh or not log.exists() else [json.loads(x) for x in log.read_text().splitlines() if x]
+    )
+    if args.fresh:
+        log.unlink(missing_ok=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
             for seed in seeds:
                 for compressed in (False, True):
-                    rows.append(run_one(model, seed, compressed, args.quick, Path(tmp)))
-                    print({k: v for k, v in rows[-1].items() if k != "layers"}, flush=True)
+                    key = (model, seed, compressed)
+                    row = next((r for r in done if (r["model"], r["seed"], r["compressed"]) == key), None)
+                    if row is None:
+                        row = run_one(model, seed, compressed, args.quick, Path(tmp))
+                        with log.open("a") as handle:
+                            handle.write(json.dumps(row) + "\n")
+                    rows.append(row)
+                    print({k: v for k, v in row.items() if k != "layers"}, flush=True)
     summary = summarize(rows)
     env = environment()
     result = {
