@@ -386,3 +386,22 @@ def test_config_builds_the_callback() -> None:
     assert node._target_ == "effdl_lightning.callbacks.WeightSharing"
     sharing = WeightSharing(**{k: v for k, v in node.items() if k != "_target_"})  # type: ignore[arg-type]
     assert sharing.bits == {"Conv1d": 8, "Conv2d": 8, "Linear": 5} and sharing.init == "linear"
+
+
+def test_mean_reduction_divides_each_cluster_sum_by_its_size() -> None:
+    from effdl_lightning.core.weight_sharing import cluster_gradient_ as cg
+    from effdl_lightning.core.weight_sharing import share_weights_ as sw
+
+    weight = torch.nn.Parameter(torch.tensor([1.0, 1.1, 5.0, 0.0]))
+    shared = sw(weight.data, bits=1)
+    weight.grad = torch.tensor([1.0, 2.0, 4.0, 8.0])
+    sums = cg(weight, shared, "mean")
+    assert sums is not None and sums.tolist() == [1.5, 4.0]
+    assert weight.grad.tolist() == [1.5, 1.5, 4.0, 0.0]
+    with pytest.raises(ValueError, match=r"reduction must be one of \('sum', 'mean'\), got 'max'"):
+        cg(weight, shared, "max")
+
+
+def test_unknown_gradient_reduction_is_refused() -> None:
+    with pytest.raises(MisconfigurationException, match=r"`gradient` must be one of \('sum', 'mean'\), got 'max'"):
+        WeightSharing(gradient="max")

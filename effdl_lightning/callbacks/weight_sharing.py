@@ -16,6 +16,7 @@ from typing_extensions import override
 from effdl_lightning.callbacks.utils import target_model
 from effdl_lightning.core.selection import DEFAULT_LAYER_TYPES, select_modules
 from effdl_lightning.core.weight_sharing import (
+    GRADIENT_REDUCTIONS,
     MAX_BITS,
     MIN_BITS,
     SHARING_INITS,
@@ -70,6 +71,8 @@ class WeightSharing(Callback):
         include: glob patterns of layer names to share (all layers of the eligible types when ``None``).
         exclude: glob patterns of layer names to leave alone.
         finetune: fine-tune the centroids (``True``) or keep them fixed.
+        gradient: the centroid gradient: ``"sum"`` of its cluster's gradients (the paper's eq. 3; its step
+            grows with the cluster's size, so it needs a small learning rate) or their ``"mean"``.
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class WeightSharing(Callback):
         include: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None,
         finetune: bool = True,
+        gradient: str = "sum",
     ) -> None:
         if isinstance(bits, Mapping):
             if not bits:
@@ -105,6 +109,10 @@ class WeightSharing(Callback):
             )
         if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
             raise MisconfigurationException(f"`start_epoch` must be an int >= 0, got {start_epoch!r}")
+        if gradient not in GRADIENT_REDUCTIONS:
+            raise MisconfigurationException(
+                f"`gradient` must be one of {GRADIENT_REDUCTIONS}, got {gradient!r}"
+            )
         if init not in SHARING_INITS:
             raise MisconfigurationException(f"`init` must be one of {SHARING_INITS}, got {init!r}")
         self.start_epoch = start_epoch
@@ -112,6 +120,7 @@ class WeightSharing(Callback):
         self.include = (include,) if isinstance(include, str) else tuple(include or ())
         self.exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude or ())
         self.finetune = bool(finetune)
+        self.gradient = gradient
         #: parameter name (key in the target model's state_dict) -> codebook, once clustered
         self.shared: dict[str, SharedWeight] = {}
         self._layers: dict[str, tuple[str, int]] = {}  # parameter name -> (layer name, bits)
@@ -224,7 +233,7 @@ class WeightSharing(Callback):
         for name, shared in self.shared.items():
             param = self._params[name]
             if self.finetune:
-                cluster_gradient_(param, shared)
+                cluster_gradient_(param, shared, self.gradient)
             else:
                 param.grad = None  # the optimizer skips it: no update, momentum or weight decay
         self._stepped = True

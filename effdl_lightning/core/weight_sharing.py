@@ -229,7 +229,10 @@ def share_weights_(
     return shared
 
 
-def cluster_gradient_(weight: Tensor, shared: SharedWeight) -> Tensor | None:
+GRADIENT_REDUCTIONS = ("sum", "mean")
+
+
+def cluster_gradient_(weight: Tensor, shared: SharedWeight, reduction: str = "sum") -> Tensor | None:
     """Replace ``weight.grad`` by its cluster's summed gradient (paper eq. 3); call before the optimizer step.
 
     ``∂L/∂C_k = Σ_ij ∂L/∂W_ij · 1(I_ij = k)`` is computed with one ``index_add`` (a scatter-add; on CUDA it is
@@ -237,11 +240,13 @@ def cluster_gradient_(weight: Tensor, shared: SharedWeight) -> Tensor | None:
     cluster k, so that an element-wise optimizer (SGD with momentum and weight decay, Adam, …) whose state is
     equal within a cluster moves all members by the centroid's update. Pruned positions get zero gradient.
     As the gradient is a sum, a cluster's step grows with its size: fine-tune with a smaller learning rate
-    than dense training.
+    than dense training, or use ``reduction="mean"`` (the sum divided by the cluster's size, i.e. a
+    per-cluster learning rate of ``lr / |cluster|``), which keeps the dense training's learning rate usable.
 
     Args:
         weight: the shared weight, whose ``.grad`` is replaced in place.
         shared: its codebook.
+        reduction: ``"sum"`` (the paper's eq. 3) or ``"mean"``.
 
     Returns:
         The centroid gradients ``∂L/∂C`` (length ``2**bits``), or ``None`` when ``weight.grad`` is ``None``.
@@ -254,6 +259,10 @@ def cluster_gradient_(weight: Tensor, shared: SharedWeight) -> Tensor | None:
         flat = grad.reshape(-1)
         sums = torch.zeros(shared.centroids.numel(), dtype=grad.dtype, device=grad.device)
         sums.index_add_(0, assignments, flat[index])
+        if reduction == "mean":
+            sums /= torch.bincount(assignments, minlength=sums.numel()).clamp_min(1).to(sums.dtype)
+        elif reduction != "sum":
+            raise ValueError(f"reduction must be one of {GRADIENT_REDUCTIONS}, got {reduction!r}")
         new = torch.zeros_like(flat)
         new[index] = sums[assignments]
         grad.copy_(new.reshape(grad.shape))
