@@ -79,6 +79,11 @@ class DeepCompressionExport(Callback):
 
         model = target_model(pl_module)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        bad = [n for n, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            raise RuntimeError(
+                f"DeepCompressionExport: training diverged, {bad} hold NaN or inf; nothing written"
+            )
         path = self.path or Path(trainer.default_root_dir) / "model.deepc"
         report = save_deep_compressed(
             state, path, codebooks=self._codebooks(trainer), index_bits=self.index_bits, huffman=self.huffman
