@@ -156,7 +156,6 @@ BUDGET: dict[str, Any] = {
     "batch_size": 64,
     "optimizer": "SGD(lr=0.05, momentum=0.9, nesterov, weight_decay=5e-4)",
     "schedule": "OneCycleLR(max_lr=0.05) over all steps",
-    "gradient_clip_norm": 2.0,
     "augment": False,
 }
 
@@ -193,7 +192,6 @@ def train_one(
         num_sanity_val_steps=0,
         limit_val_batches=0,
         limit_train_batches=limit_batches,
-        gradient_clip_val=BUDGET["gradient_clip_norm"],
     )
     trainer.fit(module, datamodule=dm)
     (result,) = trainer.test(module, datamodule=dm, verbose=False)
