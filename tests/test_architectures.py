@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
+import json
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -14,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from benchmarks import architectures
 from effdl_lightning.measure import profile
 from effdl_lightning.models import (
     EfficientNet,
@@ -240,23 +239,32 @@ def test_model_config_instantiates_with_mnist_shape(name: str) -> None:
     assert create(name, **options).__class__.__name__ == target.rsplit(".", 1)[1]
 
 
-def _load_benchmark() -> ModuleType:
-    path = ROOT / "benchmarks" / "architectures.py"
-    spec = importlib.util.spec_from_file_location("benchmarks_architectures_under_test", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_benchmark_guideline_layers_have_equal_macs() -> None:
-    bench = _load_benchmark()
     for scale in (1, 2):
-        g1 = [bench.g1_macs(c1, c2) for c1, c2 in bench.g1_channels(scale)]
-        g2 = [bench.g2_macs(c, g) for c, g in bench.g2_channels(scale)]
-        assert max(g1) / min(g1) < 1.06 and max(g2) / min(g2) < 1.02
-    net = bench.g1_net(8, 16)
-    assert profile(net, (8, 56, 56), latency=False).macs == bench.g1_macs(8, 16)
-    rows = bench.time_guideline_nets(bench.g2_nets(scale=1, tiny=True), threads=1, repeats=2, warmup=1)
+        g1 = [macs for _, _, _, macs in architectures.g1_nets(scale, tiny=True)]
+        g2 = [macs for _, _, _, macs in architectures.g2_nets(scale, tiny=True)]
+        assert max(g1) / min(g1) < 1.06 and max(g2) / min(g2) < 1.02  # equal MACs, as in the paper
+    assert architectures.g1_macs(128, 128) == 2 * 10 * 56 * 56 * 128 * 128
+    assert architectures.g2_macs(360, 8) == 10 * 56 * 56 * 360 * 360 // 8
+    net = architectures.g1_net(8, 16)
+    assert profile(net, (8, 56, 56), latency=False).macs == architectures.g1_macs(8, 16)
+    rows = architectures.time_guideline_nets(
+        architectures.g2_nets(scale=1, tiny=True), threads=1, repeats=2, warmup=1
+    )
     assert len(rows) == 4 and all(r["latency_ms"] > 0 for r in rows)
+
+
+def test_benchmark_quick_run_writes_its_results(tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    try:
+        architectures.main(["--quick", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    assert not (tmp_path / "architectures.json").exists()  # quick runs never overwrite the real results
+    result = json.loads((tmp_path / "architectures_quick.json").read_text())
+    assert [r["name"] for r in result["accuracy"]] == ["vgg_small", "mobilenet_v2", "shufflenet_v2"]
+    assert all(0.0 <= r["acc_mean"] <= 1.0 and r["macs"] > 0 for r in result["accuracy"])
+    assert [len(b["rows"]) for b in result["g1"] + result["g2"]] == [4, 4]
+    md = (tmp_path / "architectures_quick.md").read_text()
+    assert "## Definitions" in md and "G1" in md and "G2" in md
+    assert (tmp_path / "architectures_quick.png").stat().st_size > 0

@@ -11,7 +11,7 @@ model             MACs         params       paper (arXiv 1704.04861 Table 6-7 / 
 ================  ===========  ===========  =====================================================
 MobileNetV1 1.0   568.7M       4.23M        569M / 4.2M
 MobileNetV1 0.5   149.5M       1.33M        149M / 1.3M
-MobileNetV2 1.0   300.8M       3.50M        300M / 3.4M (3.47M without BatchNorm's 34k parameters)
+MobileNetV2 1.0   300.8M       3.50M        300M / 3.4M (TF-slim table: 3.47M = ours without BN)
 ================  ===========  ===========  =====================================================
 """
 
