@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from omegaconf import open_dict
+
 from benchmarks._common import (
     DEFINITIONS,
     RESULTS,
@@ -55,14 +57,12 @@ def run_one(model: str, seed: int, compressed: bool, quick: bool, workdir: Path)
     out = workdir / f"{model}_{seed}_{'dc' if compressed else 'dense'}"
     overrides = [f"experiment=deep_compression_{model}", f"seed={seed}", *COMMON, *(QUICK if quick else [])]
     cfg = compose(overrides, output_dir=out)
-    if not compressed:  # the dense baseline: the same data, model, epochs, batches, optimizer and schedule
-        same = [o for o in overrides if o.startswith(("seed=", "trainer.", "callbacks.", "~"))]
-        same += [
-            f"model={model}",
-            f"trainer.max_epochs={cfg.trainer.max_epochs}",
-            f"module.optimizer.lr={cfg.module.optimizer.lr}",
-        ]
-        cfg = compose(list(dict.fromkeys(same)), output_dir=out)
+    if not compressed:
+        # the dense baseline: the experiment's own config (data, model, epochs, batches, optimizer, LR
+        # schedule, gradient clipping) without the compression callbacks and the export
+        with open_dict(cfg):
+            cfg.compression = None
+            cfg.callbacks.deep_compression_export = None
     datamodule, module, trainer = build(cfg)
     trainer.fit(module, datamodule=datamodule)
     (test,) = trainer.test(module, datamodule=datamodule, verbose=False)

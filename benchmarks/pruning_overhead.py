@@ -384,9 +384,9 @@ def _mul_cast_(weight: Tensor, mask: Tensor) -> Tensor:
 def mask_kernels(model: str, threads: int, repeats: int = 200, warmup: int = 20) -> list[dict[str, Any]]:
     """Where our per-step time goes: one in-place masking of each pruned weight shape, five ways.
 
-    ``bool mul_`` is what the callback does (``w.mul_(mask)`` with its boolean mask: type promotion element
-    by element); the others are alternatives: casting the mask first, a ``uint8`` or a float mask of the
-    weight's dtype, ``masked_fill_`` with the inverted mask. 90 % sparse masks, interleaved round-robin,
+    ``float mul_`` is what the callback does (``g.mul_(factor)`` with a 0/1 mask in the weight's dtype); the
+    others are alternatives: a boolean mask (type promotion element by element), casting it first, a
+    ``uint8`` mask, ``masked_fill_`` with the inverted mask. 90 % sparse masks, interleaved round-robin,
     median µs of ``repeats`` calls after ``warmup``, ``threads`` torch threads.
     """
     rows = []
@@ -449,7 +449,7 @@ def kept_tensors(variant: Variant) -> dict[str, Any]:
             if t.shape == weight_of(module).shape:
                 add(t)
     if isinstance(variant.callback, MagnitudePruning):
-        for t in variant.callback.masks.values():
+        for t in [*variant.callback.masks.values(), *variant.callback._factors.values()]:
             add(t)
     return {
         "tensors_per_weight": (counts["fp32"] + counts["bool"]) / len(modules),
@@ -622,7 +622,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         "- **Phases**: *pruning window* = epochs 1..E−1 (a pruning event at every epoch boundary), *frozen* = "
         "after the last event (masks fixed). Epoch 0 is warm-up and not reported.",
         "- **Kept tensors** = parameter-shaped tensors held for the pruned weights (parameters, buffers, plain "
-        "module attributes, callback masks; each tensor once; optimizer momentum is identical everywhere and "
+        "module attributes, the callback's boolean masks and 0/1 float factors; each tensor once; optimizer momentum is identical everywhere and "
         "not counted).",
         "",
         "## Setup",
@@ -644,8 +644,10 @@ def to_markdown(result: dict[str, Any]) -> str:
         "cumulative count: the final sparsities are in the memory table). ModelPruning masks by "
         "reparametrization (`weight = weight_orig · weight_mask` in a forward pre-hook on every forward, and "
         "its gradient in backward); momentum and weight decay keep moving the pruned `weight_orig` entries "
-        "(harmless, they are masked). Ours masks gradients before and weights after the optimizer step "
-        "(boolean masks), and the momentum at each event. `make_pruning_permanent=True` would only strip the "
+        "(harmless, they are masked). Ours masks the gradients before the optimizer step with 0/1 masks "
+        "in the weight's dtype, and the momentum at each event; with SGD a zero weight with zero gradient and "
+        "momentum stays zero, so the weights are not re-masked per step (`remask_weights='auto'`), only "
+        "checked at each epoch end. `make_pruning_permanent=True` would only strip the "
         "hooks after the fit; during it they are the same.",
         f"- Interleaving: every variant in its own thread of one process, one running at a time; a baton passes "
         f"every {meta['block']} steps, the order rotating each round; baton waits are excluded from both "
@@ -716,20 +718,18 @@ def to_markdown(result: dict[str, Any]) -> str:
             keys = list(kernels[0]["us"])
             lines += [
                 "**where our per-step time goes**: one in-place masking of each pruned weight (micro-benchmark, "
-                "90 % sparse masks, interleaved, median µs). The callback keeps boolean masks and does "
-                "`w.mul_(bool_mask)`, which promotes the mask to float element by element; the other columns "
-                "are alternatives. Ours masks each tensor twice per step (gradient, then weight): last row, "
-                "also as a share of the frozen-phase CPU median step of `none`.",
+                "90 % sparse masks, interleaved, median µs). The callback multiplies each gradient once per step "
+                "by a 0/1 mask in the weight's dtype (`float mul_`); the other columns are alternatives "
+                "(a boolean mask is promoted to float element by element on every call). Last row: one "
+                "product per tensor per step, also as a share of the frozen-phase CPU median step of `none`.",
                 "",
             ]
             body = [
                 (k["tensor"], "×".join(map(str, k["shape"])), *(f"{k['us'][key]:.1f}" for key in keys))
                 for k in kernels
             ]
-            totals = [2 * sum(k["us"][key] for k in kernels) for key in keys]
-            body.append(
-                ("2 × sum per step", "", *(f"{t:.0f} µs = {t / (10 * none_cpu):.1f} %" for t in totals))
-            )
+            totals = [sum(k["us"][key] for k in kernels) for key in keys]
+            body.append(("sum per step", "", *(f"{t:.0f} µs = {t / (10 * none_cpu):.1f} %" for t in totals)))
             lines += md_table(["tensor", "shape", *(f"{key} µs" for key in keys)], body)
             lines.append("")
     checks = verdict(result)
@@ -771,14 +771,14 @@ def to_markdown(result: dict[str, Any]) -> str:
         none_cpu = model["timing"]["cpu"]["frozen"][0]["median_ms"]
         hooks = [h["per_step_us"] for name, h in model["hooks"].items() if name.startswith("ours")]
         kernels = {
-            k: 2 * sum(row["us"][k] for row in model["mask_kernels"]) for k in model["mask_kernels"][0]["us"]
+            k: sum(row["us"][k] for row in model["mask_kernels"]) for k in model["mask_kernels"][0]["us"]
         }
         lines.append(
             f"- {model['setup']['model']}: our per-step hooks take {min(hooks):.0f}–{max(hooks):.0f} µs "
             f"= {min(hooks) / (10 * none_cpu):.1f}–{max(hooks) / (10 * none_cpu):.1f} % of a `none` step "
-            f"({none_cpu:.2f} ms CPU); the two boolean-mask products alone take {kernels['bool mul_']:.0f} µs, "
-            f"the same products with float masks {kernels['float mul_']:.0f} µs "
-            f"({kernels['float mul_'] / (10 * none_cpu):.1f} %), with uint8 masks {kernels['uint8 mul_']:.0f} µs. "
+            f"({none_cpu:.2f} ms CPU); of that, the gradient products with 0/1 float masks take "
+            f"{kernels['float mul_']:.0f} µs ({kernels['float mul_'] / (10 * none_cpu):.1f} %; with boolean "
+            f"masks they would take {kernels['bool mul_']:.0f} µs). "
             "Pruning events are rare (one per epoch) and cost about as much as ModelPruning's."
         )
     lines.append("")

@@ -21,12 +21,26 @@ def tiny_data(n: int = 256, batch_size: int = 32, seed: int = 0) -> DataLoader:
     return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
 
 
+class NoisySGD(torch.optim.SGD):
+    """An optimizer outside MagnitudePruning's zero-preserving set: it moves every weight, zero or not."""
+
+    def step(self, closure: Any = None) -> Any:
+        loss = super().step(closure)
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.add_(1e-3)
+        return loss
+
+
 def tiny_module(seed: int = 0, optimizer: str = "sgd") -> ClassificationModule:
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
     opt: Any
     if optimizer == "sgd":
         opt = partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=1e-3, nesterov=True)
+    elif optimizer == "noisy":
+        opt = partial(NoisySGD, lr=0.05, momentum=0.9)
     else:
         opt = partial(torch.optim.AdamW, lr=0.01, weight_decay=1e-2)
     return ClassificationModule(model, num_classes=4, optimizer=opt, input_shape=(20,))

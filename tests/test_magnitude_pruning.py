@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from effdl_lightning.callbacks import MagnitudePruning
@@ -127,6 +127,25 @@ def test_zeros_stay_zero_with_adamw() -> None:
     _zeros_stay_zero("adamw")
 
 
+def test_zeros_stay_zero_with_an_optimizer_that_moves_zero_weights() -> None:
+    _zeros_stay_zero("noisy")  # outside the zero-preserving set: the weights are re-masked every step
+
+
+def test_a_weight_moved_behind_the_callbacks_back_is_caught_at_epoch_end() -> None:
+    class Nudge(Callback):  # moves every weight after each step, which masking the gradient cannot stop
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+            with torch.no_grad():
+                pl_module.model[0].weight.add_(1e-3)
+
+    pruning = MagnitudePruning(target_sparsity=0.5, schedule="one_shot", start=0, make_permanent=False)
+    module = tiny_module()
+    with pytest.warns(UserWarning, match=r"pruned weights of \['0.weight'\] moved away from zero"):
+        tiny_trainer([pruning, Nudge()], max_epochs=3).fit(module, train_dataloaders=tiny_data())
+    assert pruning._remask_weights
+    # the fit ends with the masks applied once more, whatever moved the weights
+    assert torch.all(module.model[0].weight[~pruning.masks["0.weight"]] == 0)
+
+
 def test_optimizer_state_is_masked_and_metrics_are_logged() -> None:
     pruning = MagnitudePruning(target_sparsity=0.5, schedule="one_shot", start=3, make_permanent=False)
     module = tiny_module()
@@ -240,6 +259,7 @@ def test_ddp_two_processes_agree_with_each_other_and_with_one(tmp_path: Path) ->
         ({"frequency": 0}, r"`frequency` must be >= 1, got 0"),
         ({"parameters": ["gamma"]}, r"`parameters` must be a non-empty subset of .*got \['gamma'\]"),
         ({"q": 0.0}, r"`q` must be > 0, got 0.0"),
+        ({"remask_weights": "never"}, r"`remask_weights` must be 'auto' or 'always', got 'never'"),
         ({"start": -1}, r"`start` must be >= 0, got -1"),
         ({"initial_sparsity": 0.95}, r"`initial_sparsity` must be in \[0, target_sparsity=0.9\], got 0.95"),
         ({"layer_targets": {"fc*": 1.5}}, r"`layer_targets\['fc\*'\]` must be in \[0, 1\), got 1.5"),

@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -30,6 +31,19 @@ from effdl_lightning.core.pruning import (
 )
 from effdl_lightning.core.selection import select_modules
 
+# optimizers whose update of an element with zero weight, zero gradient and zero state is exactly zero
+_ZERO_PRESERVING = (
+    torch.optim.SGD,
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.RMSprop,
+    torch.optim.Adagrad,
+    torch.optim.Adadelta,
+    torch.optim.Adamax,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+)
+
 UNITS = ("step", "epoch")
 PARAMETER_KINDS = ("weight", "bias")
 
@@ -46,9 +60,13 @@ class MagnitudePruning(Callback):
     ``|w| < q_t·std(W)`` with the quality factor ``q_t`` ramping linearly to ``q``, then training retrains
     the survivors. ``criterion="random"`` is the control of every pruning study.
 
-    Masked weights get no update: gradients are masked before the optimizer step, weights after it, and the
-    optimizer state (momentum, Adam moments) at each pruning event — no forward hook, no second copy of the
-    weights. The masks and the schedule position are in the checkpoint, so ``fit(ckpt_path=...)`` resumes
+    Masked weights get no update: gradients are masked before the optimizer step and the optimizer state
+    (momentum, Adam moments) at each pruning event — no forward hook, no second copy of the weights. With
+    SGD, Adam, AdamW, RMSprop, Adagrad, Adadelta, Adamax, NAdam or RAdam (exact types) a zero weight with
+    a zero gradient and zero state stays exactly zero, so that is the whole per-step cost; any other
+    optimizer (or ``remask_weights="always"``) also gets the weights re-masked after every step. At each
+    epoch end the zeros are verified; a weight that moved (a hook or optimizer outside that set) is
+    re-masked, with a warning, and per-step re-masking is switched on. The masks and the schedule position are in the checkpoint, so ``fit(ckpt_path=...)`` resumes
     mid-schedule. Under DDP every rank computes the same masks (weights are identical and the random
     criterion is seeded).
 
@@ -75,6 +93,8 @@ class MagnitudePruning(Callback):
         make_permanent: at fit end, apply the masks one last time and release them; ``False`` keeps them
             active for a further ``fit``.
         seed: seed of the ``random`` criterion (the same on every rank).
+        remask_weights: ``"auto"`` (re-mask the weights after each step only for optimizers outside the
+            zero-preserving set above) or ``"always"``.
     """
 
     def __init__(
@@ -95,6 +115,7 @@ class MagnitudePruning(Callback):
         q: float = 1.0,
         make_permanent: bool = True,
         seed: int = 0,
+        remask_weights: str = "auto",
     ) -> None:
         def bad(name: str, value: object, allowed: str) -> MisconfigurationException:
             return MisconfigurationException(f"`{name}` must be {allowed}, got {value!r}")
@@ -139,6 +160,9 @@ class MagnitudePruning(Callback):
         self.q = float(q)
         self.make_permanent = make_permanent
         self.seed = int(seed)
+        if remask_weights not in ("auto", "always"):
+            raise bad("remask_weights", remask_weights, "'auto' or 'always'")
+        self.remask_weights = remask_weights
 
         self.schedule: PruningSchedule | None = None
         self.masks: dict[str, Tensor] = {}
@@ -149,6 +173,7 @@ class MagnitudePruning(Callback):
         # the masks as 0/1 in each parameter's dtype: the per-step products run ~8x faster than with a bool
         # mask, which PyTorch would convert to float on every call (one mask-sized buffer per tensor)
         self._factors: dict[str, Tensor] = {}
+        self._remask_weights = True
 
     # --- selection -----------------------------------------------------------------------------------
     def _select(self, model: nn.Module) -> None:
@@ -206,6 +231,9 @@ class MagnitudePruning(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.schedule = self._build_schedule(trainer)
+        self._remask_weights = self.remask_weights == "always" or not all(
+            type(opt) in _ZERO_PRESERVING for opt in trainer.optimizers
+        )
         if self.masks:  # resumed (or a second fit): re-bind the restored masks to this model's parameters
             missing = sorted(set(self.masks) - set(self._params))
             if missing:
@@ -279,10 +307,23 @@ class MagnitudePruning(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if (
-            self._factors
-        ):  # a safety net for optimizers that move zero-gradient weights; one product per tensor
+        # With a zero gradient and zero optimizer state, the optimizers of `_ZERO_PRESERVING` leave a zero
+        # weight at exactly zero (weight decay of 0 is 0, moments stay 0), so the masked gradient is enough;
+        # any other optimizer gets its weights re-masked after every step.
+        if self._factors and self._remask_weights:
             apply_masks_(self._params, self._factors)
+
+    def _check_zeros(self) -> None:
+        """Verify that the pruned weights are still zero; if not, re-mask them and from now on every step."""
+        moved = [n for n, f in self._factors.items() if bool((self._params[n].detach() * (1 - f)).any())]
+        if moved:
+            apply_masks_(self._params, self._factors)
+            if not self._remask_weights:
+                rank_zero_warn(
+                    f"MagnitudePruning: pruned weights of {moved} moved away from zero (an optimizer or "
+                    "hook outside the zero-preserving set); re-masking the weights after every step from now on"
+                )
+                self._remask_weights = True
 
     def metrics(self, model: nn.Module) -> dict[str, float]:
         """``compress/*`` metrics of the current masks."""
@@ -299,6 +340,8 @@ class MagnitudePruning(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._factors:
+            self._check_zeros()
         if self.schedule is not None:
             # the masks are identical on every rank: no reduction needed
             metrics = self.metrics(target_model(pl_module))
