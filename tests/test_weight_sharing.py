@@ -403,5 +403,7 @@ def test_mean_reduction_divides_each_cluster_sum_by_its_size() -> None:
 
 
 def test_unknown_gradient_reduction_is_refused() -> None:
-    with pytest.raises(MisconfigurationException, match=r"`gradient` must be one of \('sum', 'mean'\), got 'max'"):
+    with pytest.raises(
+        MisconfigurationException, match=r"`gradient` must be one of \('sum', 'mean'\), got 'max'"
+    ):
         WeightSharing(gradient="max")

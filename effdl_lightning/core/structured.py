@@ -1,0 +1,139 @@
+"""Filter pruning plans (Li et al., arXiv 1608.08710) on top of :mod:`effdl_lightning.core.surgery`.
+
+A *plan* is ``{group name: atom indices to remove}`` for :meth:`ChannelGraph.cut`. :func:`filter_pruning_plan`
+removes a ratio of each group's channels (one global ratio, or per-layer ratios by glob pattern) with the
+lowest filter norm (``l1`` as in Li et al., ``l2``) or at random (the control); :func:`prune_to_budget`
+finds the one ratio that brings a cost (MACs or parameters, measured by the caller's function) to a target
+fraction of the model's, by bisection on actual cuts of a copy of the model.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from effdl_lightning.core.surgery import ChannelCut, ChannelGraph, ChannelGroup, SurgeryError, apply_cut
+
+__all__ = ["CRITERIA", "filter_pruning_plan", "group_ratio", "prune_to_budget"]
+
+CRITERIA = ("l1", "l2", "random")
+
+
+def group_ratio(group: ChannelGroup, ratio: float, layer_ratios: Mapping[str, float] | None) -> float:
+    """The ratio for ``group``: the first ``layer_ratios`` pattern matching its name or a producer, else ``ratio``."""
+    for pattern, value in (layer_ratios or {}).items():
+        if any(fnmatch.fnmatchcase(n, pattern) for n in (group.name, *group.producers)):
+            return float(value)
+    return float(ratio)
+
+
+def filter_pruning_plan(
+    graph: ChannelGraph,
+    ratio: float,
+    layer_ratios: Mapping[str, float] | None = None,
+    criterion: str = "l1",
+    generator: torch.Generator | None = None,
+    min_channels: int = 1,
+) -> dict[str, list[int]]:
+    """Per group, the ``floor(ratio · prunable atoms)`` atoms with the smallest filter norm.
+
+    In a group with frozen atoms (e.g. a residual stream fed by zero padding) the ratio applies to the
+    removable atoms; no layer is left with fewer than ``min_channels`` channels.
+
+    Args:
+        graph: the model's channel graph.
+        ratio: fraction of each group's channels to remove, in ``[0, 1)``.
+        layer_ratios: ``{glob pattern on a group's name or producer: ratio}`` overriding ``ratio``.
+        criterion: ``l1`` / ``l2`` filter norm (summed over coupled producers) or ``random``.
+        generator: the random criterion's generator (seed it identically on every rank).
+        min_channels: channels every group keeps at least.
+    """
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    plan: dict[str, list[int]] = {}
+    for group in graph.groups:
+        r = group_ratio(group, ratio, layer_ratios)
+        if not 0.0 <= r < 1.0:
+            raise ValueError(f"ratio for group {group.name!r} must be in [0, 1), got {r}")
+        prunable = group.prunable
+        n = math.floor(r * len(prunable) + 1e-9)
+        if n <= 0:
+            continue
+        if criterion == "random":
+            order = [prunable[i] for i in torch.randperm(len(prunable), generator=generator).tolist()]
+        else:
+            score = graph.importance(group, criterion)[prunable]
+            order = [prunable[i] for i in torch.argsort(score, stable=True).tolist()]
+        # every layer touching the group keeps at least `min_channels` of its channels
+        left = {key: len(atoms) for key, atoms in graph.member_atoms(group).items()}
+        where = graph.atom_members(group)
+        chosen = []
+        for atom in order:
+            if len(chosen) == n:
+                break
+            if all(left[key] - 1 >= min_channels for key in where[atom]):
+                chosen.append(atom)
+                for key in where[atom]:
+                    left[key] -= 1
+        if not chosen:
+            continue
+        plan[group.name] = sorted(chosen)
+    return plan
+
+
+def prune_to_budget(
+    model: nn.Module,
+    example_input: Tensor | Sequence[int],
+    cost: Callable[[nn.Module], float],
+    target: float,
+    criterion: str = "l1",
+    layer_ratios: Mapping[str, float] | None = None,
+    exclude: Iterable[str] = (),
+    generator_seed: int = 0,
+    max_ratio: float = 0.95,
+    iterations: int = 14,
+) -> tuple[ChannelCut, float]:
+    """Cut ``model`` in place with the smallest uniform ratio whose ``cost`` is ≤ ``target`` × the model's.
+
+    ``cost`` is any measure of a model (MACs or parameters at the caller's input size). The ratio is found by
+    bisection over cuts of a copy; ``layer_ratios`` fix some groups' ratios and the rest share the searched
+    one. Returns the cut and the ratio.
+
+    Raises:
+        SurgeryError: even ``max_ratio`` does not reach the target (too much of the model is frozen).
+    """
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target must be in (0, 1], got {target}")
+    base = cost(model)
+    graph = ChannelGraph(model, example_input, exclude=exclude)
+
+    def plan_at(r: float) -> dict[str, list[int]]:
+        gen = torch.Generator().manual_seed(generator_seed)
+        return filter_pruning_plan(graph, r, layer_ratios, criterion, gen)
+
+    def cost_at(r: float) -> float:
+        trial = copy.deepcopy(model)
+        apply_cut(trial, graph.plan(plan_at(r)))
+        return cost(trial) / base
+
+    if cost_at(0.0) <= target:
+        return graph.cut(plan_at(0.0)), 0.0
+    if cost_at(max_ratio) > target:
+        raise SurgeryError(
+            f"removing {max_ratio:.0%} of every prunable group leaves {cost_at(max_ratio):.3f} of the cost, "
+            f"above the target {target}; frozen groups: "
+            + "; ".join(f"{g.name}: {g.reason}" for g in graph.groups if g.reason)
+        )
+    lo, hi = 0.0, max_ratio
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        if cost_at(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return graph.cut(plan_at(hi)), hi
