@@ -112,7 +112,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "storage_ratio": mean_std(ratios),
                 "file_bytes": mean_std([r["file_bytes"] for r in dc]),
                 "dense_fp32_bytes": dc[0]["dense_fp32_bytes"],
-                "layers_seed0": next((r["layers"] for r in dc if "layers" in r), []),
+                "layers_seed": next((r["seed"] for r in dc if "layers" in r), None),
+                "layers": next((r["layers"] for r in dc if "layers" in r), []),
             }
         )
     return out
@@ -152,7 +153,7 @@ def markdown(summary: list[dict[str, Any]], argv: list[str], env: dict[str, Any]
     header = ["model", "seeds", "dense acc %", "DC acc %", "Δ points", "fp32 bytes", "file bytes", "ratio"]
     lines += md_table(header, rows)
     for s in summary:
-        lines += ["", f"## {s['model']}: per layer (seed 0)", ""]
+        lines += ["", f"## {s['model']}: per layer (seed {s['layers_seed']})", ""]
         lines += md_table(
             [
                 "tensor",
@@ -171,7 +172,7 @@ def markdown(summary: list[dict[str, Any]], argv: list[str], env: dict[str, Any]
                     f"{t['index_bits_avg']:.2f} + {t['value_bits_avg']:.2f}",
                     f"{t['bytes']:,}",
                 )
-                for t in s["layers_seed0"]
+                for t in s["layers"]
             ],
         )
     return "\n".join(lines)

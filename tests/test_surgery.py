@@ -190,7 +190,7 @@ def test_errors_are_clear() -> None:
             y = self.conv(x)
             return y if y.sum() > 0 else -y
 
-    with pytest.raises(SurgeryError, match="cannot trace Branchy with torch.fx"):
+    with pytest.raises(SurgeryError, match=r"cannot trace Branchy with torch\.fx"):
         ChannelGraph(Branchy(), (1, 5, 5))
     model = create("lenet5", num_classes=10, input_shape=(1, 28, 28))
     graph = ChannelGraph(model, (1, 28, 28))
