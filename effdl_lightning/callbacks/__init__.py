@@ -2,7 +2,17 @@
 
 from effdl_lightning.callbacks.compression_report import CompressionReport, format_report
 from effdl_lightning.callbacks.deep_compression_export import DeepCompressionExport
+from effdl_lightning.callbacks.filter_pruning import FilterPruning
 from effdl_lightning.callbacks.magnitude_pruning import MagnitudePruning
+from effdl_lightning.callbacks.structure import StructureChangingCallback
 from effdl_lightning.callbacks.weight_sharing import WeightSharing
 
-__all__ = ["CompressionReport", "DeepCompressionExport", "MagnitudePruning", "WeightSharing", "format_report"]
+__all__ = [
+    "CompressionReport",
+    "DeepCompressionExport",
+    "FilterPruning",
+    "MagnitudePruning",
+    "StructureChangingCallback",
+    "WeightSharing",
+    "format_report",
+]

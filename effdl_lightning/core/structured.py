@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from effdl_lightning.core.surgery import ChannelCut, ChannelGraph, ChannelGroup, SurgeryError, apply_cut
 
-__all__ = ["CRITERIA", "filter_pruning_plan", "group_ratio", "prune_to_budget"]
+__all__ = ["CRITERIA", "budget_ratio", "filter_pruning_plan", "group_ratio", "prune_to_budget"]
 
 CRITERIA = ("l1", "l2", "random")
 
@@ -72,7 +72,7 @@ def filter_pruning_plan(
         # every layer touching the group keeps at least `min_channels` of its channels
         left = {key: len(atoms) for key, atoms in graph.member_atoms(group).items()}
         where = graph.atom_members(group)
-        chosen = []
+        chosen: list[int] = []
         for atom in order:
             if len(chosen) == n:
                 break
@@ -84,6 +84,54 @@ def filter_pruning_plan(
             continue
         plan[group.name] = sorted(chosen)
     return plan
+
+
+def budget_ratio(
+    graph: ChannelGraph,
+    cost: Callable[[nn.Module], float],
+    goal: float,
+    criterion: str = "l1",
+    layer_ratios: Mapping[str, float] | None = None,
+    seed: int = 0,
+    min_channels: int = 1,
+    max_ratio: float = 0.95,
+    iterations: int = 14,
+) -> float:
+    """The smallest common ratio (to ``1/2**iterations``) whose cut brings ``cost`` to ≤ ``goal``.
+
+    ``cost`` is any measure of a model (MACs or parameters at the caller's input size); every candidate is
+    an actual cut of a copy of ``graph.model``. ``layer_ratios`` stay fixed.
+
+    Raises:
+        SurgeryError: even ``max_ratio`` does not reach the goal (too much of the model is frozen).
+    """
+
+    def plan_at(r: float) -> dict[str, list[int]]:
+        gen = torch.Generator().manual_seed(seed)
+        return filter_pruning_plan(graph, r, layer_ratios, criterion, gen, min_channels)
+
+    def cost_at(r: float) -> float:
+        trial = copy.deepcopy(graph.model)
+        apply_cut(trial, graph.plan(plan_at(r)))
+        return cost(trial)
+
+    if cost_at(0.0) <= goal:
+        return 0.0
+    reached = cost_at(max_ratio)
+    if reached > goal:
+        raise SurgeryError(
+            f"removing {max_ratio:.0%} of every prunable group leaves a cost of {reached:,.0f}, above the "
+            f"target {goal:,.0f}; kept groups: "
+            + "; ".join(f"{g.name}: {g.reason}" for g in graph.groups if g.reason)
+        )
+    lo, hi = 0.0, max_ratio
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        if cost_at(mid) <= goal:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def prune_to_budget(
@@ -98,42 +146,19 @@ def prune_to_budget(
     max_ratio: float = 0.95,
     iterations: int = 14,
 ) -> tuple[ChannelCut, float]:
-    """Cut ``model`` in place with the smallest uniform ratio whose ``cost`` is ≤ ``target`` × the model's.
+    """Cut ``model`` in place with the smallest common ratio whose ``cost`` is ≤ ``target`` × the model's.
 
-    ``cost`` is any measure of a model (MACs or parameters at the caller's input size). The ratio is found by
-    bisection over cuts of a copy; ``layer_ratios`` fix some groups' ratios and the rest share the searched
-    one. Returns the cut and the ratio.
+    Returns the cut and the ratio (:func:`budget_ratio`; ``layer_ratios`` fix some groups' ratios and the
+    rest share the searched one).
 
     Raises:
         SurgeryError: even ``max_ratio`` does not reach the target (too much of the model is frozen).
     """
     if not 0.0 < target <= 1.0:
         raise ValueError(f"target must be in (0, 1], got {target}")
-    base = cost(model)
     graph = ChannelGraph(model, example_input, exclude=exclude)
-
-    def plan_at(r: float) -> dict[str, list[int]]:
-        gen = torch.Generator().manual_seed(generator_seed)
-        return filter_pruning_plan(graph, r, layer_ratios, criterion, gen)
-
-    def cost_at(r: float) -> float:
-        trial = copy.deepcopy(model)
-        apply_cut(trial, graph.plan(plan_at(r)))
-        return cost(trial) / base
-
-    if cost_at(0.0) <= target:
-        return graph.cut(plan_at(0.0)), 0.0
-    if cost_at(max_ratio) > target:
-        raise SurgeryError(
-            f"removing {max_ratio:.0%} of every prunable group leaves {cost_at(max_ratio):.3f} of the cost, "
-            f"above the target {target}; frozen groups: "
-            + "; ".join(f"{g.name}: {g.reason}" for g in graph.groups if g.reason)
-        )
-    lo, hi = 0.0, max_ratio
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        if cost_at(mid) <= target:
-            hi = mid
-        else:
-            lo = mid
-    return graph.cut(plan_at(hi)), hi
+    ratio = budget_ratio(
+        graph, cost, target * cost(model), criterion, layer_ratios, generator_seed, 1, max_ratio, iterations
+    )
+    gen = torch.Generator().manual_seed(generator_seed)
+    return graph.cut(filter_pruning_plan(graph, ratio, layer_ratios, criterion, gen)), ratio

@@ -52,6 +52,7 @@ _NORM = (
     nn.BatchNorm1d,
     nn.BatchNorm2d,
     nn.BatchNorm3d,
+    nn.SyncBatchNorm,
     nn.InstanceNorm1d,
     nn.InstanceNorm2d,
     nn.InstanceNorm3d,
@@ -338,6 +339,7 @@ class ChannelGraph:
         self.ids = _Ids()
         self.slots: dict[tuple[str, str], Tensor] = {}
         self.notes: list[str] = []
+        self.sliced: dict[str, dict[str, Tensor]] = {}
         self._exclude = set(exclude)
         self._shapes = self._shape_of_nodes()
         with torch.no_grad():
@@ -499,16 +501,14 @@ class ChannelGraph:
         method = node.op == "call_method"
         tensors = list(_tensors((args, kwargs)))
         if not tensors:  # shape arithmetic, size(), getattr on non-tensors: run it as is
-            fn = getattr(args[0], target) if method else target
-            return fn(*(args[1:] if method else args), **kwargs)
+            return _call(node, args, kwargs)
         out_shape = self._shape(node)
         x = args[0] if args and isinstance(args[0], Tensor) else None
         name = target if method else getattr(target, "__name__", str(target))
         if (method and target in ("size", "dim", "numel")) or (
             target is getattr and args[1] in ("shape", "ndim", "dtype", "device")
         ):
-            fn = getattr(args[0], target) if method else target
-            return fn(*(args[1:] if method else args), **kwargs)
+            return _call(node, args, kwargs)
         if (target in _BINARY) or (method and target in _BINARY_METHODS):
             return self._binary(args, kwargs, out_shape)
         if (not method and target in _CHANNELWISE_FUNCTIONS) or (method and target in _CHANNELWISE_METHODS):
@@ -518,8 +518,7 @@ class ChannelGraph:
         if x is not None and (
             (not method and target in _MOVE_FUNCTIONS) or (method and target in _MOVE_METHODS)
         ):
-            fn = getattr(x, target) if method else target
-            return fn(*(args[1:] if method else args), **kwargs)
+            return _call(node, args, kwargs)
         if x is not None and method and target in _RESHAPE_METHODS:
             return self._reshape(node, x, args[1:], kwargs)
         if not method and target in (torch.cat, torch.concat):
@@ -667,9 +666,9 @@ class ChannelGraph:
                     group.atoms.append(a)
         for group in groups.values():
             group.frozen = {i: frozen_roots[a] for i, a in enumerate(group.atoms) if a in frozen_roots}
-            atoms = set(group.atoms)
+            atom_set = set(group.atoms)
             for (name, role), vec in self.slots.items():
-                if atoms.intersection(ids.roots(vec)):
+                if atom_set.intersection(ids.roots(vec)):
                     group.members.append((name, role))
                     if role == "in":
                         group.consumers.append(name)
@@ -746,15 +745,19 @@ class ChannelGraph:
 
         With ``check`` the cut is first applied to a copy and run on the example input: a cut that would not
         give a working model with the same output shape raises :class:`SurgeryError` and leaves the model as
-        it was.
+        it was. The ``{parameter: {dim: kept indices}}`` map of the cut is left in ``self.sliced``.
         """
         plan = self.plan(remove)
         if check:
-            trial = copy.deepcopy(self.model)
-            apply_cut(trial, plan)
-            _check_runs(self.model, trial, self.example)
-        apply_cut(self.model, plan)
+            self.check(plan)
+        self.sliced = apply_cut(self.model, plan)
         return plan
+
+    def check(self, cut: ChannelCut) -> None:
+        """Raise :class:`SurgeryError` unless ``cut`` applied to a copy of the model runs with the same output shape."""
+        trial = copy.deepcopy(self.model)
+        apply_cut(trial, cut)
+        _check_runs(self.model, trial, self.example)
 
     def summary(self) -> str:
         """One line per group: name, size, prunable atoms, producers, why frozen."""
@@ -876,7 +879,14 @@ def _check_runs(original: nn.Module, pruned: nn.Module, example: Tensor) -> None
         pruned.train(was[1])
 
 
-# --- helpers ------------------------------------------------------------------------------------------------
+# --- helpers ---
+def _call(node: torch.fx.Node, args: Any, kwargs: Any) -> Any:
+    """Run ``node``'s function or method on concrete arguments."""
+    if node.op == "call_method":
+        return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+    return cast(Any, node.target)(*args, **kwargs)
+
+
 def _tensors(tree: Any) -> Iterable[Tensor]:
     if isinstance(tree, Tensor):
         yield tree
