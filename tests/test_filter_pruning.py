@@ -66,7 +66,7 @@ def test_a_cut_mid_fit_rebuilds_optimizer_and_scheduler_and_training_continues()
     trainer.fit(module, train_dataloaders=image_data())
     before, after, last = spy.seen
     assert before["shapes"]["0.weight"] == (16, 1, 3, 3) and after["shapes"]["0.weight"] == (8, 1, 3, 3)
-    assert after["shapes"]["4.weight"] == (12, 8, 3, 3) and after["shapes"]["9.weight"] == (32, 12 * 9)
+    assert after["shapes"]["4.weight"] == (12, 8, 3, 3) and after["shapes"]["9.weight"] == (16, 12 * 9)
     assert after["shapes"]["11.weight"] == (4, 32)  # the classifier's outputs are the model's
     assert after["optimizer_holds_model_params"] and last["optimizer_holds_model_params"]
     # the schedule continues where it was (StepLR gamma 0.7 per epoch), not from the initial LR
@@ -221,3 +221,27 @@ def test_a_pattern_that_matches_nothing_and_an_unreachable_target_fail_clearly()
         cnn_trainer([FilterPruning(target_macs=0.1)], max_epochs=1).fit(
             cnn_module(model=shuffle), train_dataloaders=image_data(n=32)
         )
+
+
+def test_channel_pruning_in_fit_refits_the_next_layer_and_loads_back(tmp_path: Path) -> None:
+    from effdl_lightning.callbacks import ChannelPruning
+
+    pruning = ChannelPruning(ratio=0.5, start_epoch=1, calibration_batches=2)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    spy = Spy()
+    module = cnn_module()
+    cnn_trainer([pruning, spy, ckpt], max_epochs=3, enable_checkpointing=True).fit(
+        module, train_dataloaders=image_data()
+    )
+    before, after, last = spy.seen
+    assert before["shapes"]["4.weight"] == (24, 16, 3, 3)
+    assert after["shapes"]["4.weight"] == (12, 8, 3, 3) and after["shapes"]["9.weight"] == (16, 12 * 9)
+    assert after["optimizer_holds_model_params"]
+    assert not torch.equal(after["weights"]["4.weight"], last["weights"]["4.weight"])  # training goes on
+    assert [layer["consumer"] for layer in pruning.layers] == ["4", "9", "11"]
+    assert all(layer["error_after"] <= layer["error_selected"] + 1e-6 for layer in pruning.layers)
+    x = torch.randn(3, 1, 12, 12)
+    module.eval()
+    net = load_compressed(small_cnn(), tmp_path / "last.ckpt").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), module(x), rtol=0, atol=0)

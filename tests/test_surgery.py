@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from effdl_lightning.core.structured import filter_pruning_plan, prune_to_budget
-from effdl_lightning.core.surgery import ChannelCut, ChannelGraph, SurgeryError, apply_cut
+from effdl_lightning.core.surgery import ChannelCut, ChannelGraph, SurgeryError, apply_cut, compose_cuts
 from effdl_lightning.measure import profile
 from effdl_lightning.models import create
 
@@ -230,3 +230,19 @@ def test_prune_to_budget_halves_the_macs() -> None:
         prune_to_budget(
             create("shufflenet_v1", num_classes=10, input_shape=(3, 32, 32)), (3, 32, 32), macs, 0.5
         )
+
+
+def test_two_cuts_compose_into_one_that_replays_the_same_model() -> None:
+    torch.manual_seed(0)
+    shape = (3, 32, 32)
+    model = create("resnet20", num_classes=10, input_shape=shape).eval()
+    first = ChannelGraph(model, shape).cut({"layer1.0.conv1": [0, 5], "layer2.1.conv1": [3]})
+    graph = ChannelGraph(model, shape)
+    second = graph.cut({"layer1.0.conv1": [1], "conv1": [2]})
+    fresh = create("resnet20", num_classes=10, input_shape=shape).eval()
+    apply_cut(fresh, compose_cuts([first, second]))
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.layer1[0].conv1.out_channels == 13
+    x = torch.randn(2, *shape)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x))

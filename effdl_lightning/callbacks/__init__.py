@@ -1,5 +1,6 @@
 """Lightning callbacks: one per technique, each a thin wrapper over ``effdl_lightning.core``."""
 
+from effdl_lightning.callbacks.channel_pruning import ChannelPruning
 from effdl_lightning.callbacks.compression_report import CompressionReport, format_report
 from effdl_lightning.callbacks.deep_compression_export import DeepCompressionExport
 from effdl_lightning.callbacks.filter_pruning import FilterPruning
@@ -8,6 +9,7 @@ from effdl_lightning.callbacks.structure import StructureChangingCallback
 from effdl_lightning.callbacks.weight_sharing import WeightSharing
 
 __all__ = [
+    "ChannelPruning",
     "CompressionReport",
     "DeepCompressionExport",
     "FilterPruning",

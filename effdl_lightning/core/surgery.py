@@ -40,6 +40,7 @@ __all__ = [
     "ChannelGroup",
     "SurgeryError",
     "apply_cut",
+    "compose_cuts",
 ]
 
 
@@ -856,6 +857,17 @@ def apply_cut(model: nn.Module, cut: ChannelCut | Mapping[str, Any]) -> dict[str
         else:
             raise SurgeryError(f"the cut has roles {sorted(keep)} for {type(module).__name__} {name!r}")
     return sliced
+
+
+def compose_cuts(cuts: Sequence[ChannelCut]) -> ChannelCut:
+    """One cut equivalent to applying ``cuts`` in order (each one's indices refer to the model it was made on)."""
+    composed: dict[str, dict[str, list[int]]] = {}
+    for cut in cuts:
+        for name, roles in cut.modules.items():
+            mine = composed.setdefault(name, {})
+            for role, keep in roles.items():
+                mine[role] = [mine[role][i] for i in keep] if role in mine else list(keep)
+    return ChannelCut(composed)
 
 
 def _check_runs(original: nn.Module, pruned: nn.Module, example: Tensor) -> None:
