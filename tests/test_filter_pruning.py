@@ -245,3 +245,32 @@ def test_channel_pruning_in_fit_refits_the_next_layer_and_loads_back(tmp_path: P
     net = load_compressed(small_cnn(), tmp_path / "last.ckpt").eval()
     with torch.no_grad():
         torch.testing.assert_close(net(x), module(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["lenet5", "vgg_small", "resnet20", "resnet56", "mobilenet_v2", "shufflenet_v2", "efficientnet"],
+)
+def test_filter_pruning_in_fit_on_every_architecture(name: str, tmp_path: Path) -> None:
+    shape = (1, 16, 16)
+
+    def build(seed: int) -> ClassificationModule:
+        torch.manual_seed(seed)
+        return ClassificationModule(
+            create(name, num_classes=4, input_shape=shape), num_classes=4, input_shape=shape
+        )
+
+    data = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.randn(16, *shape), torch.randint(0, 4, (16,))), batch_size=8
+    )
+    module = build(0)
+    macs = profile(module.model, shape, latency=False).macs
+    pruning = FilterPruning(ratio=0.4)  # (a MAC target is bisection over many cuts: tested on ResNet-20)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    cnn_trainer([pruning, ckpt], max_epochs=1, enable_checkpointing=True).fit(module, train_dataloaders=data)
+    assert profile(module.model, shape, latency=False).macs <= 0.8 * macs
+    fresh = load_compressed(build(1), tmp_path / "last.ckpt").eval()
+    module.eval()
+    x = torch.randn(2, *shape)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), module(x), rtol=0, atol=0)
