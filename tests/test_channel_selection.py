@@ -272,3 +272,30 @@ def test_a_consumer_of_two_groups_with_dilation_and_stride() -> None:
     assert pruned.c.in_channels == 7
     assert all(r.error_after < 0.2 for r in result.layers)
     _replays(model, pruned, result.cuts, (3, 8, 8))
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_lasso_selection_agrees_with_scikit_learn(seed: int) -> None:
+    """The channels kept are the nonzero coefficients of sklearn's Lasso at the λ where exactly n_keep remain."""
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    gen = torch.Generator().manual_seed(seed)
+    samples, c, k, n, n_keep = 400, 16, 4, 6, 6
+    mix = torch.eye(c) + 0.5 * torch.randn(c, c, generator=gen)
+    x = torch.einsum("ick,cd->idk", torch.randn(samples, c, k, generator=gen), mix).double()
+    weight = torch.randn(n, c, k, generator=gen).double()
+    scale = torch.rand(1, c, 1, generator=gen).double()  # no exactly sparse answer
+    y = torch.einsum("ick,ock->io", x, weight * scale) + 0.3 * torch.randn(samples, n, generator=gen).double()
+    kept, _, _, _ = lasso_channel_selection(x, weight, y, n_keep)
+    z = torch.einsum("ick,ock->cio", x, weight).reshape(c, -1).T.numpy()
+    target = y.reshape(-1).numpy()
+    lo, hi = 0.0, float(abs(z.T @ target).max() / len(target))
+    lasso = linear_model.Lasso(alpha=hi, fit_intercept=False, max_iter=100000, tol=1e-10)
+    for _ in range(60):  # bisection on alpha, as in He et al.'s code
+        lasso.alpha = (lo + hi) / 2
+        lasso.fit(z, target)
+        nonzero = int((lasso.coef_ != 0).sum())
+        if nonzero == n_keep:
+            break
+        lo, hi = (lasso.alpha, hi) if nonzero > n_keep else (lo, lasso.alpha)
+    assert nonzero == n_keep
+    assert kept == sorted(int(i) for i in (lasso.coef_ != 0).nonzero()[0])

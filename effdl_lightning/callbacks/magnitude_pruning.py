@@ -285,6 +285,30 @@ class MagnitudePruning(Callback):
         for optimizer in trainer.optimizers:
             mask_optimizer_state_(optimizer, self._params, self._factors)
 
+    def on_structure_change(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, sliced: Mapping[str, Mapping[str, Tensor]]
+    ) -> None:
+        """Called by a structure-changing callback after it replaced parameters (e.g. removed channels).
+
+        The pruned tensors are re-bound by name and their masks sliced to the kept indices, so unstructured
+        sparsity survives a structural cut (the documented order: structure changes, then masks).
+        """
+        self._select(target_model(pl_module))
+        masks = {}
+        for name, mask in self.masks.items():
+            for dim, idx in sliced.get(name, {}).items():
+                mask = mask.index_select(int(dim), idx.to(mask.device))
+            if name not in self._params or mask.shape != self._params[name].shape:
+                raise MisconfigurationException(
+                    f"MagnitudePruning: after a structure change the mask of {name!r} has shape "
+                    f"{tuple(mask.shape)} but the tensor is gone or has another shape"
+                )
+            masks[name] = mask
+        self.masks = masks
+        if self.masks:
+            self._set_factors()
+            apply_masks_(self._params, self._factors)
+
     def _set_factors(self) -> None:
         self._factors = {n: m.to(dtype=self._params[n].dtype) for n, m in self.masks.items()}
 

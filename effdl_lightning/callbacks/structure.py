@@ -10,7 +10,9 @@ with a function that edits the model and returns an entry of the compression rec
 * rebuilds the optimizers and LR schedulers through ``configure_optimizers`` and restores the schedulers'
   position and each parameter group's current hyperparameters (the LR the schedule has reached),
 * wraps the model in ``DistributedDataParallel`` again under DDP (every rank makes the same change),
-* appends the entry to the model's record, which ``on_save_checkpoint`` writes into the checkpoint.
+* appends the entry to the model's record, which ``on_save_checkpoint`` writes into the checkpoint,
+* calls ``on_structure_change(trainer, pl_module, sliced)`` on every other callback that defines it (e.g.
+  ``MagnitudePruning`` re-binds its tensors and slices its masks).
 
 On ``fit(ckpt_path=...)`` (and ``validate``/``test``/``predict`` with a checkpoint) the base class replays the
 checkpoint's record on the freshly built model *before* Lightning loads the weights, so the checkpoint loads and training resumes
@@ -150,14 +152,21 @@ class StructureChangingCallback(Callback):
         model = target_model(pl_module)
         prefix = _target_path(pl_module)
         entry: dict[str, Any] = {}
+        own: dict[str, Mapping[str, Tensor]] = {}
 
         def run() -> Sliced:
             made, sliced = change(model)
             entry.update(made)
-            return {f"{prefix}.{k}" if prefix else k: v for k, v in (sliced or {}).items()}
+            own.update(sliced or {})
+            return {f"{prefix}.{k}" if prefix else k: v for k, v in own.items()}
 
         restructure(trainer, pl_module, run)
         compression_record.append(model, entry)
+        # other callbacks holding parameters (masks, codebooks) re-bind them; names relative to the model
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            hook = getattr(callback, "on_structure_change", None)
+            if callback is not self and callable(hook):
+                hook(trainer, pl_module, own)
         return entry
 
     @override

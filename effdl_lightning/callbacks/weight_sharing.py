@@ -211,6 +211,18 @@ class WeightSharing(Callback):
                 shared.centroids = shared.centroids.to(param.dtype)
                 snap_(param, shared, update_centroids=False)
 
+    def on_structure_change(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, sliced: Mapping[str, Mapping[str, Tensor]]
+    ) -> None:
+        """Called by a structure-changing callback after it replaced parameters: re-bind them by name."""
+        if self.shared:
+            raise MisconfigurationException(
+                "WeightSharing: the model's structure changed after the weights were clustered; cut channels "
+                f"or factorize before WeightSharing's start_epoch ({self.start_epoch})"
+            )
+        named = dict(target_model(pl_module).named_parameters())
+        self._params = {name: named[name] for name in self._layers if name in named}
+
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.shared or trainer.current_epoch < self.start_epoch:
