@@ -39,7 +39,8 @@ def test_pruning_overhead_quick(tmp_path: Path) -> None:
     # every pruned variant reached the same final sparsity on the same schedule
     for name in variants[1:]:
         assert model["final_sparsity"][name] == pytest.approx(0.9, abs=1e-3)
-    assert model["memory"]["ours (layer)"]["fp32_tensors"] == model["memory"]["none"]["fp32_tensors"]
+    # ours: the weights, plus a boolean mask and a 0/1 float factor per pruned weight
+    assert model["memory"]["ours (layer)"]["fp32_tensors"] == 2 * model["memory"]["none"]["fp32_tensors"]
     assert model["memory"]["ours (layer)"]["bool_tensors"] == model["memory"]["none"]["fp32_tensors"]
     assert model["memory"]["ModelPruning (layer)"]["tensors_per_weight"] == 3  # orig, mask, weight
     assert "pruning_event" in model["hooks"]["ours (layer)"]
