@@ -47,6 +47,7 @@ format: setup
 	$(PY) -m ruff check --fix effdl_lightning tests benchmarks train.py
 
 bench: setup
+	$(PY) -m pip install --quiet -e .[bench]
 	$(PY) -m benchmarks $(ARGS)
 
 clean:
