@@ -246,3 +246,25 @@ def test_two_cuts_compose_into_one_that_replays_the_same_model() -> None:
     x = torch.randn(2, *shape)
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), model(x))
+
+
+def test_round_to_keeps_widths_on_multiples_of_8_and_meets_a_budget() -> None:
+    torch.manual_seed(0)
+    shape = (3, 32, 32)
+    model = create("vgg_small", num_classes=10, input_shape=shape)
+    graph = ChannelGraph(model, shape)
+    plan = filter_pruning_plan(graph, 0.3, round_to=8)
+    graph.cut(plan)
+    assert [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)] == [24, 48, 88]
+
+    def macs(m: nn.Module) -> float:
+        return profile(m, shape, latency=False).macs
+
+    resnet = create("resnet20", num_classes=10, input_shape=shape)
+    before = macs(resnet)
+    prune_to_budget(resnet, shape, macs, 0.5, round_to=8)
+    assert macs(resnet) <= 0.5 * before
+    widths = {m.out_channels for m in resnet.modules() if isinstance(m, nn.Conv2d)}
+    assert all(w % 8 == 0 for w in widths), widths
+    with pytest.raises(ValueError, match="round_to must be >= 1, got 0"):
+        filter_pruning_plan(graph, 0.3, round_to=0)

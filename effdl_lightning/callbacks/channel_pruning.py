@@ -97,7 +97,7 @@ class ChannelPruning(StructureChangingCallback):
         batches = self._calibration(trainer)
 
         def change(model: nn.Module) -> tuple[dict[str, Any], None]:
-            payload = None
+            payload: dict[str, Any] | None = None
             if trainer.global_rank == 0:
                 was_training = model.training
                 result = channel_pruning_(
@@ -121,6 +121,7 @@ class ChannelPruning(StructureChangingCallback):
                 }
             if trainer.world_size > 1:
                 payload = trainer.strategy.broadcast(payload, src=0)
+                assert payload is not None
                 if trainer.global_rank != 0:
                     apply_cut(model, payload["cut"])
                     model.load_state_dict(payload["state"])

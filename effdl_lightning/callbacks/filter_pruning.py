@@ -70,6 +70,8 @@ class FilterPruning(StructureChangingCallback):
         events: number of cuts.
         input_shape: input without batch for tracing and MACs (default: the module's example input).
         min_channels: channels every layer keeps at least.
+        round_to: round every group's kept width to a multiple of this (8 matches the CPU conv kernels'
+            channel blocks; see :func:`effdl_lightning.core.structured.filter_pruning_plan`).
         seed: seed of the ``random`` criterion (the same on every rank).
     """
 
@@ -87,6 +89,7 @@ class FilterPruning(StructureChangingCallback):
         events: int = 1,
         input_shape: Sequence[int] | None = None,
         min_channels: int = 1,
+        round_to: int = 1,
         seed: int = 0,
     ) -> None:
         def bad(name: str, value: object, allowed: str) -> MisconfigurationException:
@@ -121,6 +124,8 @@ class FilterPruning(StructureChangingCallback):
             raise bad("events", events, ">= 1")
         if min_channels < 1:
             raise bad("min_channels", min_channels, ">= 1")
+        if round_to < 1:
+            raise bad("round_to", round_to, ">= 1")
         self.ratio = ratio
         self.layer_ratios = dict(layer_ratios or {})
         self.target_macs = target_macs
@@ -133,6 +138,7 @@ class FilterPruning(StructureChangingCallback):
         self.events = events
         self.input_shape = input_shape
         self.min_channels = min_channels
+        self.round_to = round_to
         self.seed = seed
         self.events_done = 0
         self.initial: dict[str, float] = {}
@@ -229,7 +235,13 @@ class FilterPruning(StructureChangingCallback):
 
             layer = {p: step_ratio(v) for p, v in self.layer_ratios.items()}
             return filter_pruning_plan(
-                graph, step_ratio(self.ratio or 0.0), layer, self.criterion, gen, self.min_channels
+                graph,
+                step_ratio(self.ratio or 0.0),
+                layer,
+                self.criterion,
+                gen,
+                self.min_channels,
+                self.round_to,
             )
         key = "macs" if self.target_macs is not None else "params"
         final = self.target_macs if self.target_macs is not None else self.target_params
@@ -246,13 +258,16 @@ class FilterPruning(StructureChangingCallback):
                 seed,
                 self.min_channels,
                 iterations=12,
+                round_to=self.round_to,
             )
         except SurgeryError as err:
             raise MisconfigurationException(
                 f"FilterPruning cannot reach target_{key}={final}: {err}"
             ) from err
         gen = torch.Generator().manual_seed(seed)
-        return filter_pruning_plan(graph, ratio, self.layer_ratios, self.criterion, gen, self.min_channels)
+        return filter_pruning_plan(
+            graph, ratio, self.layer_ratios, self.criterion, gen, self.min_channels, self.round_to
+        )
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
