@@ -5,7 +5,7 @@
     cut in place by :func:`effdl_lightning.core.structured.prune_to_budget` to ≤ 0.5 × their MACs (one
     uniform ratio over every prunable channel group, L1 filter norm), and, as a second pruned variant, with
     every group's kept width rounded to a multiple of 8 (the channel block of the CPU conv kernels; a plan
-    built here, the core has no ``round_to``). Dense and pruned models are timed on eager PyTorch,
+    built here; the core has since gained ``filter_pruning_plan(..., round_to=8)``). Dense and pruned models are timed on eager PyTorch,
     ``torch.compile`` (inductor, static shapes, ``freezing=True``: BN folded, weights pre-packed; 1 thread by
     default, ``--compile-threads 1 2`` for both) and ONNX Runtime (``torch.onnx.export`` with a dynamic batch,
     ``ORT_ENABLE_ALL``), at batch 1 and 64, with 1 and 2 threads. All variants of a (model, threads, batch)
@@ -124,7 +124,7 @@ def prune_ours(model: nn.Module, shape: tuple[int, ...], criterion: str = "l1", 
 def rounded_plan(graph: ChannelGraph, ratio: float, multiple: int = ROUND_TO) -> dict[str, list[int]]:
     """``filter_pruning_plan`` at ``ratio`` (L1) with each group's kept width rounded to a multiple.
 
-    The core has no ``round_to`` yet; this emulates it with per-group ratios (a group never loses all its
+    Written before the core had ``round_to``; this emulates it with per-group ratios (a group never loses all its
     prunable channels, nor goes below ``multiple``).
     """
     layer_ratios = {}
@@ -570,7 +570,7 @@ def latency_markdown(result: dict[str, Any]) -> list[str]:
         "1-thread ones; ONNX Runtime runs with spinning off). Pruned models: "
         f"*{KIND_TEXT[PRUNED]}* = `prune_to_budget(model, (3, 32, 32), MACs, target={TARGET}, criterion='l1')`, "
         f"one ratio for every prunable channel group; *{KIND_TEXT[ROUNDED]}* = the same L1 filters, each group's "
-        f"kept width rounded to a multiple of {ROUND_TO} (benchmark-side plan: the core has no `round_to`), ratio "
+        f"kept width rounded to a multiple of {ROUND_TO} (benchmark-side plan, written before the core had `round_to`), ratio "
         f"again the smallest reaching ≤ {TARGET}× MACs. Runtimes: eager PyTorch (`torch.inference_mode`); "
         "`torch.compile(dynamic=False, options={'freezing': True})` (BN folded, weights pre-packed; compiled per "
         "batch size and thread count, inductor's C++ kernels are specialized on both; threads: "
