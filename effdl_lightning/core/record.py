@@ -7,7 +7,7 @@ freshly built model of the same class, which then has the exact architecture of 
 ``Trainer.fit(ckpt_path=...)`` resumes after a cut and :func:`load_compressed` loads a compressed checkpoint
 for inference without the training code.
 
-Replayers are registered per kind (:func:`register_replayer`); ``channel_cut`` is built in.
+Replayers are registered per kind (:func:`register_replayer`); ``channel_cut`` and ``quantize`` are built in.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from effdl_lightning.core.quant.modules import apply_quantization_entry
 from effdl_lightning.core.surgery import apply_cut
 
 __all__ = [
@@ -47,6 +48,7 @@ def _replay_channel_cut(model: nn.Module, entry: Mapping[str, Any]) -> None:
 
 
 register_replayer("channel_cut", _replay_channel_cut)
+register_replayer("quantize", apply_quantization_entry)
 
 
 def get_record(model: nn.Module) -> list[dict[str, Any]]:
