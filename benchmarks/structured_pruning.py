@@ -4,8 +4,8 @@
     models' design size; latency does not depend on the weights' values, so untrained weights are timed) are
     cut in place by :func:`effdl_lightning.core.structured.prune_to_budget` to ≤ 0.5 × their MACs (one
     uniform ratio over every prunable channel group, L1 filter norm), and, as a second pruned variant, with
-    every group's kept width rounded to a multiple of 8 (the channel block of the CPU conv kernels; a plan
-    built here; the core has since gained ``filter_pruning_plan(..., round_to=8)``). Dense and pruned models are timed on eager PyTorch,
+    every group's kept width rounded to a multiple of 8 (the channel block of the CPU conv kernels:
+    ``prune_to_budget(..., round_to=8)``, as ``FilterPruning(round_to=8)`` does). Dense and pruned models are timed on eager PyTorch,
     ``torch.compile`` (inductor, static shapes, ``freezing=True``: BN folded, weights pre-packed; 1 thread by
     default, ``--compile-threads 1 2`` for both) and ONNX Runtime (``torch.onnx.export`` with a dynamic batch,
     ``ORT_ENABLE_ALL``), at batch 1 and 64, with 1 and 2 threads. All variants of a (model, threads, batch)
@@ -31,12 +31,10 @@ import argparse
 import contextlib
 import copy
 import dataclasses
-import glob
 import importlib.metadata
 import io
 import json
 import logging
-import math
 import multiprocessing
 import os
 import sys
@@ -71,8 +69,7 @@ from benchmarks._common import (
 from benchmarks.pruning_curve import Budget, make_module
 from benchmarks.sparse_inference import time_round_robin
 from effdl_lightning.core.sensitivity import plot_sensitivity, sensitivity_analysis, sensitivity_table
-from effdl_lightning.core.structured import filter_pruning_plan, prune_to_budget
-from effdl_lightning.core.surgery import ChannelGraph, apply_cut
+from effdl_lightning.core.structured import prune_to_budget
 from effdl_lightning.data import MNISTSubsetDataModule
 from effdl_lightning.measure import profile
 from effdl_lightning.measure.latency import num_threads
@@ -121,34 +118,10 @@ def prune_ours(model: nn.Module, shape: tuple[int, ...], criterion: str = "l1", 
     return ratio
 
 
-def rounded_plan(graph: ChannelGraph, ratio: float, multiple: int = ROUND_TO) -> dict[str, list[int]]:
-    """``filter_pruning_plan`` at ``ratio`` (L1) with each group's kept width rounded to a multiple.
-
-    Written before the core had ``round_to``; this emulates it with per-group ratios (a group never loses all its
-    prunable channels, nor goes below ``multiple``).
-    """
-    layer_ratios = {}
-    for group in graph.groups:
-        n = len(group.prunable)
-        if n:
-            kept = group.size - math.floor(ratio * n + 1e-9)
-            kept = max(multiple, round(kept / multiple) * multiple)
-            remove = min(n - 1, max(0, group.size - kept))
-            layer_ratios[glob.escape(group.name)] = (remove + 0.5) / n if remove else 0.0
-    return filter_pruning_plan(graph, 0.0, layer_ratios, "l1")
-
-
-def prune_rounded(model: nn.Module, shape: tuple[int, ...], iterations: int = 14) -> float:
-    """Like :func:`prune_ours` with every kept width a multiple of :data:`ROUND_TO`; returns the ratio."""
-    graph, base = ChannelGraph(model, shape), macs(model, shape)
-    lo, hi = 0.0, 0.95
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        trial = copy.deepcopy(model)
-        apply_cut(trial, graph.plan(rounded_plan(graph, mid)))
-        lo, hi = (lo, mid) if macs(trial, shape) / base <= TARGET else (mid, hi)
-    graph.cut(rounded_plan(graph, hi))
-    return hi
+def prune_rounded(model: nn.Module, shape: tuple[int, ...]) -> float:
+    """Like :func:`prune_ours` with every kept width a multiple of :data:`ROUND_TO` (the core's ``round_to``)."""
+    _, ratio = prune_to_budget(model, shape, partial(macs, shape=shape), TARGET, "l1", round_to=ROUND_TO)
+    return ratio
 
 
 def prune_torch_pruning(model: nn.Module, shape: tuple[int, ...], iterations: int = 14) -> float:
@@ -570,7 +543,7 @@ def latency_markdown(result: dict[str, Any]) -> list[str]:
         "1-thread ones; ONNX Runtime runs with spinning off). Pruned models: "
         f"*{KIND_TEXT[PRUNED]}* = `prune_to_budget(model, (3, 32, 32), MACs, target={TARGET}, criterion='l1')`, "
         f"one ratio for every prunable channel group; *{KIND_TEXT[ROUNDED]}* = the same L1 filters, each group's "
-        f"kept width rounded to a multiple of {ROUND_TO} (benchmark-side plan, written before the core had `round_to`), ratio "
+        f"kept width rounded to a multiple of {ROUND_TO} (`prune_to_budget(..., round_to=8)`), ratio "
         f"again the smallest reaching ≤ {TARGET}× MACs. Runtimes: eager PyTorch (`torch.inference_mode`); "
         "`torch.compile(dynamic=False, options={'freezing': True})` (BN folded, weights pre-packed; compiled per "
         "batch size and thread count, inductor's C++ kernels are specialized on both; threads: "
