@@ -84,6 +84,22 @@ def test_resume_from_last_checkpoint_continues_the_fit(tmp_path: Path) -> None:
     assert resumed["epoch"] == 1 and resumed["global_step"] == 8  # continued, not restarted
 
 
+def test_last_checkpoint_is_the_latest_epoch_even_when_an_earlier_one_is_the_best(tmp_path: Path) -> None:
+    # the highest training loss is the first epoch's: the kept "best" checkpoint is epoch 0
+    _train(
+        tmp_path,
+        "trainer.max_epochs=3",
+        "callbacks.model_checkpoint.monitor=train/loss_epoch",
+        "callbacks.model_checkpoint.mode=max",
+        *FAST,
+    )
+    (run_dir,) = _runs(tmp_path)
+    kept = [p.name for p in (run_dir / "checkpoints").glob("epoch_*.ckpt")]
+    assert kept == ["epoch_000.ckpt"]
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 2 and last["global_step"] == 12
+
+
 def test_optuna_sweep_returns_the_metric(tmp_path: Path) -> None:
     _train(
         tmp_path,
