@@ -1,0 +1,509 @@
+"""Deploy an int8 QAT model on real int8 CPU kernels: an ONNX file in the QDQ format, run by ONNX Runtime.
+
+The model of ``quantize_(model, QuantizationConfig("int8"))`` (Jacob et al. arXiv 1712.05877) becomes a graph
+ORT (``ORT_ENABLE_ALL``) fuses into integer kernels (``DQ→Conv→Q`` → ``QLinearConv``, ``DQ→Gemm`` → ``QGemm``):
+
+1. :func:`fold_batch_norm_` folds each BatchNorm into its conv (``quant(W·k; s·|k|) = k·quant(W; s)``).
+2. An fx deploy copy holds each quantized layer as integer codes: 8-bit weights with per-channel scales and
+   int32 biases at ``s_in·s_w`` into ``DequantizeLinear``, the input quantizer as a ``QuantizeLinear``/
+   ``DequantizeLinear`` pair (``torch.ops.quantized_decomposed``, exported by ``torch.onnx.export(dynamo=True)``).
+3. Where exact, a layer's input quantize ``g`` is also applied at the output of the conv/linear feeding it,
+   across a single-user chain of ops ``f`` with ``g∘f∘g = g∘f`` (ReLU, ReLU6, clamp, max-pool, flatten,
+   reshape, eval dropout), so ORT sees ``DQ→Conv→Q``, drops a ReLU before a ``Q`` at zero point 0 and max-pools
+   uint8. A conv whose output meets anything else (a residual add, an average pool, several users) stays a
+   float conv on dequantized weights: the QAT model never quantized that tensor and no rounding it did not
+   simulate is added.
+
+onnx, onnxscript and onnxruntime are optional: ``pip install effdl_lightning[deploy]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import importlib
+import io
+import logging
+import operator
+import os
+import platform
+import tempfile
+import warnings
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
+
+from effdl_lightning.core.quant.functions import SCALE_EPS
+from effdl_lightning.core.quant.modules import is_quantized, quantized_layers
+from effdl_lightning.core.quant.quantizers import AffineQuantizer, FakeQuantizer, build_quantizer
+
+__all__ = ["Int8Export", "export_int8_onnx", "fold_batch_norm_", "int8_agreement", "load_int8_session",
+           "run_int8"]  # fmt: skip
+
+log = logging.getLogger(__name__)
+
+_ACT_RANGES = {(0, 255): torch.uint8, (-128, 127): torch.int8}  # the codes ONNX QuantizeLinear saturates to
+_INT32 = (-(2**31), 2**31 - 1)
+# ops f with g∘f∘g = g∘f for a monotone idempotent fake quantizer g: a quantize moves back across them
+_COMMUTING_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Flatten,
+                      nn.Unflatten, nn.Identity, nn.Dropout, nn.AdaptiveMaxPool2d)  # fmt: skip
+_COMMUTING_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.hardtanh, torch.clamp, torch.clip, F.max_pool1d,
+                        F.max_pool2d, F.max_pool3d, torch.flatten, torch.reshape, torch.permute,
+                        torch.transpose, torch.squeeze, torch.unsqueeze, F.dropout}  # fmt: skip
+_COMMUTING_METHODS = {"relu", "clamp", "clip", "flatten", "view", "reshape", "permute", "transpose",
+                      "squeeze", "unsqueeze", "contiguous"}  # fmt: skip
+_PLAIN = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CLAMPS = (torch.clamp, torch.clip, F.hardtanh, "clamp", "clip")
+
+
+def _require(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        raise ImportError(f"int8 deployment needs {name}: pip install effdl_lightning[deploy]") from err
+
+
+class _LeafTracer(fx.Tracer):
+    """An fx tracer that keeps the quantized twins and fake quantizers as leaves (called, not inlined)."""
+
+    def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
+        return is_quantized(m) or isinstance(m, FakeQuantizer) or super().is_leaf_module(m, qualified_name)
+
+
+def _trace(model: nn.Module) -> fx.GraphModule:
+    try:
+        graph = _LeafTracer().trace(model)
+    except Exception as err:  # fx raises many types on untraceable Python
+        raise ValueError(f"{type(model).__name__} is not torch.fx-traceable: {err!r}") from err
+    return fx.GraphModule(model, graph)
+
+
+def _module(gm: fx.GraphModule, node: Any) -> nn.Module | None:
+    ok = isinstance(node, fx.Node) and node.op == "call_module"
+    return gm.get_submodule(str(node.target)) if ok else None
+
+
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent), child, module)
+
+
+# ----------------------------------------------------------------------------------------- BN folding
+
+
+def _folded_quantizer(quantizer: FakeQuantizer, weight: Tensor, k: Tensor) -> AffineQuantizer | str:
+    """The weight quantizer of ``W·k`` (``k`` per output channel) frozen at ``s·|k|``, or why none is exact."""
+    if not isinstance(quantizer, AffineQuantizer) or quantizer.axis not in (None, 0):
+        return f"its weight quantizer {quantizer!r} is not affine per tensor or per output channel"
+    if not bool(quantizer.initialized):  # as its first forward would
+        quantizer.observe(weight)
+    scale, zero_point = quantizer.qparams()
+    # quant(W·k; s·|k|, z) = k·quant(W; s, z) for k < 0 needs codes symmetric about z = 0
+    if bool((k < 0).any()) and (bool(zero_point.any()) or quantizer.qmin != -quantizer.qmax):
+        return "a negative BN scale does not commute with its asymmetric weight quantization"
+    folded = build_quantizer({**quantizer.config(), "channels": k.numel(), "axis": 0, "learn_scale": False})
+    assert isinstance(folded, AffineQuantizer)
+    lo, hi = quantizer.min_val * k, quantizer.max_val * k
+    folded.to(k.device)
+    folded.min_val.copy_(torch.minimum(lo, hi))
+    folded.max_val.copy_(torch.maximum(lo, hi))
+    folded.scale.copy_((scale * k.abs()).clamp_min(SCALE_EPS))
+    folded.zero_point.copy_(zero_point.expand_as(k))
+    folded.initialized.fill_(True)
+    folded.freeze()
+    folded.enabled = quantizer.enabled
+    return folded
+
+
+@torch.no_grad()
+def _fold(conv: _ConvNd, bn: _BatchNorm) -> str | None:
+    if bn.running_mean is None or bn.running_var is None:
+        return "the BatchNorm uses batch statistics (track_running_stats=False)"
+    k = (bn.weight if bn.affine else 1.0) / torch.sqrt(bn.running_var + bn.eps)
+    k = k.to(conv.weight.dtype)
+    quantizer = getattr(conv, "weight_quantizer", None)
+    if quantizer is not None:
+        folded = _folded_quantizer(quantizer, conv.weight, k)
+        if isinstance(folded, str):
+            return folded
+        conv.weight_quantizer = folded
+    bias = (conv.bias if conv.bias is not None else 0.0) - bn.running_mean
+    bias = bias * k + (bn.bias if bn.affine else 0.0)
+    conv.weight.mul_(k.reshape(-1, *[1] * (conv.weight.dim() - 1)))
+    if conv.bias is None:
+        conv.bias = nn.Parameter(torch.empty_like(k), requires_grad=conv.weight.requires_grad)
+    conv.bias.copy_(bias)
+    return None
+
+
+def fold_batch_norm_(model: nn.Module) -> list[tuple[str, str]]:
+    """Fold every BatchNorm that directly follows a conv (plain or quantized) into that conv, in place.
+
+    ``W' = W·k``, ``b' = (b − μ)·k + β``, ``k = γ/√(σ² + ε)`` per output channel from the running statistics
+    (arXiv 1712.05877 §3.2); the BatchNorm becomes ``nn.Identity``. A quantized conv's weight quantizer becomes
+    a per-output-channel one frozen at ``s·|k|``, exact as ``round(w·k/(s·|k|)) = sign(k)·round(w/s)`` for codes
+    symmetric about 0: the folded fake-quantized model equals the unfolded one in eval mode up to float
+    rounding. Pairs come from ``torch.fx`` tracing (quantized layers as leaves): the conv's only user is the
+    BatchNorm, each called once. A deployment step: not recorded in the compression record.
+
+    Returns:
+        ``(conv name, batch-norm name)`` per folded pair; pairs that cannot be folded exactly are logged.
+
+    Raises:
+        ValueError: the model is not fx-traceable.
+    """
+    gm = _trace(model)
+    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    folded: list[tuple[str, str]] = []
+    for node in gm.graph.nodes:
+        bn, prev = _module(gm, node), node.args[0] if len(node.args) == 1 else None
+        conv = _module(gm, prev)
+        if not isinstance(bn, _BatchNorm) or not isinstance(conv, _ConvNd) or conv.transposed:
+            continue
+        assert isinstance(prev, fx.Node)
+        reason = "the conv output or a module is shared"
+        if len(prev.users) == 1 and calls[prev.target] == 1 and calls[node.target] == 1:
+            reason = _fold(conv, bn) or ""
+        if reason:
+            log.info("fold_batch_norm_: %s -> %s not folded: %s", prev.target, node.target, reason)
+            continue
+        _set_module(model, str(node.target), nn.Identity())
+        folded.append((str(prev.target), str(node.target)))
+    return folded
+
+
+# ------------------------------------------------------------------------------------------ deploy copy
+
+
+def _qd() -> Any:
+    importlib.import_module("torch.ao.quantization.fx._decomposed")  # registers the quantized_decomposed ops
+    return torch.ops.quantized_decomposed
+
+
+class _QDQ(nn.Module):
+    """``DequantizeLinear(QuantizeLinear(x))`` per tensor: the exported form of an activation quantizer."""
+
+    def __init__(self, scale: float, zero_point: int, qmin: int, qmax: int) -> None:
+        super().__init__()
+        self.args = (scale, zero_point, qmin, qmax, _ACT_RANGES[(qmin, qmax)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        qd = _qd()
+        return qd.dequantize_per_tensor(qd.quantize_per_tensor(x, *self.args), *self.args)
+
+
+def _input_qdq(name: str, quantizer: Any) -> _QDQ | None:
+    if quantizer is None or not quantizer.enabled:
+        return None
+    ok = isinstance(quantizer, AffineQuantizer) and quantizer.axis is None
+    if not ok or (quantizer.qmin, quantizer.qmax) not in _ACT_RANGES:
+        raise ValueError(
+            f"layer {name!r}: input quantizer {quantizer!r} has no ONNX QuantizeLinear form: per-tensor codes "
+            f"in {sorted(_ACT_RANGES)} are needed (the 'int8' scheme)"
+        )
+    if not bool(quantizer.initialized):
+        raise ValueError(
+            f"layer {name!r}: its input quantizer never observed a range: run forwards in training mode"
+        )
+    scale, zero_point = quantizer.qparams()
+    return _QDQ(float(scale), int(zero_point), quantizer.qmin, quantizer.qmax)
+
+
+class _Int8Layer(nn.Module):
+    """A quantized conv/linear as integer codes + scales, dequantized in the graph (ONNX QDQ format)."""
+
+    weight: Tensor
+    qweight: Tensor
+    w_scale: Tensor
+    w_zero: Tensor
+    qbias: Tensor
+    b_scale: Tensor
+    bias: Tensor | None
+
+    def __init__(self, name: str, layer: Any, weight_dtype: str) -> None:
+        super().__init__()
+        self.input = _input_qdq(name, layer.input_quantizer)
+        self.conv: dict[str, Any] | None = None  # a conv's hyperparameters; None: a linear layer
+        if isinstance(layer, _ConvNd):
+            self.conv = {k: getattr(layer, k) for k in ("stride", "padding", "dilation", "groups")}
+            self.conv["pad"] = (layer.padding_mode, layer._reversed_padding_repeated_twice)
+        weight, wq = layer.weight.detach(), layer.weight_quantizer
+        bias = None if layer.bias is None else layer.bias.detach()
+        self.int8 = wq is not None and wq.enabled
+        if not self.int8:
+            self.register_buffer("weight", weight)
+        else:
+            affine = isinstance(wq, AffineQuantizer) and wq.axis in (None, 0)
+            if not affine or wq.qmin < -128 or wq.qmax > 127 or wq.qparams()[1].any():
+                raise ValueError(
+                    f"layer {name!r}: weight quantizer {wq!r} does not give int8 codes with zero point 0 per "
+                    "tensor or per output channel (the 'int8' scheme)"
+                )
+            shift = 128 if weight_dtype == "uint8" else 0  # u8u8: the same values at zero point 128
+            codes = torch.where(weight == 0, 0, wq.codes(weight)) + shift  # pruned zeros stay zero
+            scale = wq.qparams()[0]  # after codes(), which observes a never-observed weight
+            self.register_buffer("qweight", codes.to(torch.uint8 if shift else torch.int8))
+            self.register_buffer("w_scale", scale.expand(weight.shape[0]).clone())
+            self.register_buffer("w_zero", torch.full_like(self.w_scale, shift, dtype=torch.int64))
+            self.w_range = (0, 255) if shift else (-128, 127)
+            if bias is not None and self.input is not None:  # int32 codes at s_in·s_w, what the kernel adds
+                b_scale = self.input.args[0] * self.w_scale.double()
+                self.register_buffer("qbias", torch.round(bias.double() / b_scale).clamp(*_INT32).int())
+                self.register_buffer("b_scale", b_scale.float())
+                bias = None
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        qd, b, padding = _qd(), self.bias, self.conv["padding"] if self.conv is not None else 0
+        if self.conv is not None and self.conv["pad"][0] != "zeros":  # reflect/replicate/circular: data
+            x, padding = F.pad(x, self.conv["pad"][1], mode=self.conv["pad"][0]), 0  # movement, before the Q
+        x = self.input(x) if self.input is not None else x
+        w = self.weight if not self.int8 else qd.dequantize_per_channel(
+            self.qweight, self.w_scale, self.w_zero, 0, *self.w_range, self.qweight.dtype
+        )  # fmt: skip
+        if b is None and hasattr(self, "qbias"):
+            zeros = torch.zeros_like(self.w_zero)
+            b = qd.dequantize_per_channel(self.qbias, self.b_scale, zeros, 0, *_INT32, torch.int32)
+        if self.conv is None:
+            return F.linear(x, w, b)
+        conv = (F.conv1d, F.conv2d, F.conv3d)[w.dim() - 3]
+        return conv(x, w, b, self.conv["stride"], padding, self.conv["dilation"], self.conv["groups"])
+
+
+def _commutes(gm: fx.GraphModule, node: fx.Node, data: fx.Node) -> bool:
+    """Whether ``node`` applies an op ``f`` with ``g∘f∘g = g∘f`` to ``data``, its first argument."""
+    if not node.args or node.args[0] is not data or node.kwargs.get("return_indices"):
+        return False
+    module = _module(gm, node)
+    if module is not None:
+        return isinstance(module, _COMMUTING_MODULES) and not getattr(module, "return_indices", False)
+    tensor_args = any(isinstance(a, fx.Node) for a in (*node.args[1:], *node.kwargs.values()))
+    if node.target in _CLAMPS and tensor_args:
+        return False  # bounds computed from tensors
+    if node.op == "call_function":
+        return node.target in _COMMUTING_FUNCTIONS and not (len(node.args) > 6 and node.args[6])
+    return node.op == "call_method" and node.target in _COMMUTING_METHODS
+
+
+def _deploy(model: nn.Module, weight_dtype: str) -> tuple[fx.GraphModule, list[str], list[str]]:
+    """The deploy graph of a folded eval model, its int8-output layers and its float-output int8 layers."""
+    gm = _trace(model)
+    layers: dict[fx.Node, _Int8Layer] = {}
+    for node in list(gm.graph.nodes):
+        module = _module(gm, node)
+        if module is not None and is_quantized(module):
+            module = _Int8Layer(str(node.target), module, weight_dtype)
+            _set_module(gm, str(node.target), module)
+        if isinstance(module, _Int8Layer):
+            layers[node] = module
+    int8_out: list[str] = []
+    float_out: list[str] = []
+    for node, layer in layers.items():
+        if not (layer.int8 and layer.input is not None):
+            continue
+        chain: list[fx.Node] = []
+        cur, consumer = node, None
+        # users that only read the shape (x.size(0) for a view) do not see the values
+        while len(users := [u for u in cur.users if u.target not in ("size", "dim")]) == 1:
+            if users[0] in layers and users[0].args[:1] == (cur,):
+                consumer = layers[users[0]].input
+                break
+            if not _commutes(gm, users[0], cur):
+                break
+            chain.append(cur := users[0])
+        (int8_out if consumer is not None else float_out).append(str(node.target))
+        for i, point in enumerate([node, *chain[:-1]] if consumer is not None else []):
+            name = f"int8_qdq_{len(int8_out)}_{i}"  # the consumer's own Q follows the chain's last op
+            gm.add_submodule(name, _QDQ(*consumer.args[:4]))  # type: ignore[union-attr]
+            with gm.graph.inserting_after(point):
+                qdq = gm.graph.call_module(name, (point,))
+            point.replace_all_uses_with(qdq, delete_user_cb=functools.partial(operator.is_not, qdq))
+    gm.graph.lint()
+    gm.recompile()
+    return gm, int8_out, float_out
+
+
+def _float_copy(model: nn.Module) -> nn.Module:
+    """A copy with every quantized twin turned back into its plain class (the fp32 reference)."""
+    plain = copy.deepcopy(model)
+    for layer in quantized_layers(plain).values():
+        layer.__class__ = next(b for b in type(layer).__mro__ if b in _PLAIN)  # type: ignore[assignment]
+        for slot in ("weight_quantizer", "input_quantizer", "gradient_quantizer"):
+            delattr(layer, slot)
+    return plain
+
+
+# ---------------------------------------------------------------------------------------- ONNX / ORT
+
+
+def _to_onnx(module: nn.Module, example: Tensor, opset: int | None) -> Any:
+    """The ONNX ``ModelProto`` of ``module`` with a dynamic batch dimension, without per-node debug metadata."""
+    _qd()  # the exporter's registry lists the quantized_decomposed ops only if registered before it starts
+    batch = example if example.shape[0] > 1 else torch.cat([example, example])  # size 1 would specialize
+    kwargs: dict[str, Any] = {"dynamo": True, "dynamic_shapes": ({0: torch.export.Dim("batch")},)}
+    kwargs.update({} if opset is None else {"opset_version": opset})
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module.eval(), (batch,), **kwargs)
+    assert program is not None
+    proto = program.model_proto
+    for node in proto.graph.node:  # stack traces and fx dumps: not needed to run the file
+        del node.metadata_props[:]
+    del proto.graph.value_info[:]
+    return proto
+
+
+def load_int8_session(
+    path: str | os.PathLike[str], threads: int = 1, optimized_path: str | None = None
+) -> Any:
+    """An ``onnxruntime.InferenceSession`` of ``path``: CPU, ``ORT_ENABLE_ALL``, ``threads`` intra-op threads;
+    ``optimized_path``: where to save the graph ORT optimized (``FusedConv``, ``QLinearConv``, ...)."""
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    ort = _require("onnxruntime")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # no "the optimized model is hardware specific" warning
+    if optimized_path is not None:
+        options.optimized_model_filepath = optimized_path
+    return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_int8(session: Any, x: Tensor) -> Tensor:
+    """Run ``session`` on ``x`` (as CPU float32); returns its first output as a tensor."""
+    name = session.get_inputs()[0].name
+    return torch.from_numpy(session.run(None, {name: x.detach().cpu().float().numpy()})[0])
+
+
+def _ort_node_counts(path: str) -> dict[str, int]:
+    """Node types of the graph ORT runs (``ORT_ENABLE_ALL``), read back from its saved optimized model."""
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = os.path.join(tmp, "optimized.onnx")
+        load_int8_session(path, 1, optimized)
+        graph = _require("onnx").load(optimized).graph
+    return dict(sorted(Counter(n.op_type for n in graph.node).items()))
+
+
+def _auto_weight_dtype() -> str:
+    """``int8`` unless on an x86 CPU without VNNI, where ORT's u8s8 GEMM (VPMADDUBSW) saturates int16 pairs."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return "int8"
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""  # noqa: SIM115
+    return "int8" if any(v in flags for v in ("avx512_vnni", "avx_vnni", "amx_int8")) else "uint8"
+
+
+# --------------------------------------------------------------------------------------------- public
+
+
+@dataclass
+class Int8Export:
+    """What :func:`export_int8_onnx` wrote and what ONNX Runtime made of it.
+
+    ``node_counts`` are the node types of the ORT-optimized graph (``QLinearConv``/``QGemm`` run int8 kernels,
+    ``Conv``/``FusedConv`` float). ``weight_dtype``: ``int8`` (zero point 0) or ``uint8`` (codes + 128 at zero
+    point 128, the same values: x86 CPUs without VNNI saturate int16 sums of two u8·s8 products). ``fp32_*``:
+    the float reference (the folded model without quantizers). ``int8_output_layers`` are requantized for their
+    consumer (``DQ→Conv→Q``); ``float_output_layers`` have int8 weights but an output the QAT model leaves in
+    float (an add, an average pool, several users, the logits): ORT runs those convs in float.
+    """
+
+    path: str
+    size_bytes: int
+    node_counts: dict[str, int]
+    weight_dtype: str
+    fp32_path: str | None = None
+    fp32_size_bytes: int | None = None
+    fp32_node_counts: dict[str, int] | None = None
+    folded: list[tuple[str, str]] = field(default_factory=list)
+    int8_output_layers: list[str] = field(default_factory=list)
+    float_output_layers: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def export_int8_onnx(
+    model: nn.Module, example_input: Tensor, path: str | os.PathLike[str], opset: int | None = None,
+    weight_dtype: str = "auto", fp32_reference: bool = True,
+) -> Int8Export:  # fmt: skip
+    """Write the int8 QDQ ONNX file of a fake-quantized model (the graph: see the module docstring).
+
+    Works on an eval-mode CPU copy of ``model`` (ranges observed); biases become int32 codes at ``s_in·s_w``
+    where the input is quantized, else stay float; the batch dimension of ``example_input`` is dynamic.
+
+    Args:
+        opset: ONNX opset; None = the exporter's default.
+        weight_dtype: ``int8``, ``uint8`` (see :class:`Int8Export`) or ``auto``: ``uint8`` on an x86 CPU
+            without VNNI (this machine's ``/proc/cpuinfo``), else ``int8``.
+        fp32_reference: also write ``<path without .onnx>.fp32.onnx``, the float model, for size and speed.
+
+    Raises:
+        ImportError: onnx, onnxscript or onnxruntime is missing.
+        ValueError: no quantized layer, a quantizer with no int8 ONNX form (the layer is named), a bad
+            ``weight_dtype``, or a model torch.fx cannot trace.
+    """
+    onnx = _require("onnx")
+    _require("onnxscript")
+    weight_dtype = _auto_weight_dtype() if weight_dtype == "auto" else weight_dtype
+    if weight_dtype not in ("int8", "uint8"):
+        raise ValueError(f"weight_dtype={weight_dtype!r}; allowed: 'int8', 'uint8', 'auto'")
+    if not quantized_layers(model):
+        raise ValueError("the model has no quantized layer: run quantize_(model, QuantizationConfig('int8'))")
+    work = copy.deepcopy(model).cpu().eval()
+    example = example_input.detach().cpu().float()
+    folded = fold_batch_norm_(work)
+    deploy, int8_out, float_out = _deploy(work, weight_dtype)
+    with torch.no_grad():
+        diff = float((deploy(example) - work(example)).abs().max())
+    proto = _to_onnx(deploy, example, opset)
+    path = os.fspath(path)
+    onnx.save(proto, path)
+    int8 = {f"{n}.qweight" for n, m in deploy.named_modules() if isinstance(m, _Int8Layer) and m.int8}
+    notes = [f"{len(int8 & {i.name for i in proto.graph.initializer})} of {len(int8)} weights stored as "
+             f"{weight_dtype}; torch deploy graph vs fake-quantized model on example_input: max |diff| {diff:.3g}"]  # fmt: skip
+    result = Int8Export(path, os.path.getsize(path), _ort_node_counts(path), weight_dtype, folded=folded)
+    result.int8_output_layers, result.float_output_layers, result.notes = int8_out, float_out, notes
+    if fp32_reference:
+        result.fp32_path = (path[:-5] if path.endswith(".onnx") else path) + ".fp32.onnx"
+        onnx.save(_to_onnx(_float_copy(work), example, opset), result.fp32_path)
+        result.fp32_size_bytes = os.path.getsize(result.fp32_path)
+        result.fp32_node_counts = _ort_node_counts(result.fp32_path)
+    return result
+
+
+def int8_agreement(
+    model: nn.Module, session: Any, batches: Iterable[Tensor | tuple[Tensor, ...]]
+) -> dict[str, float]:
+    """How closely the ORT int8 model follows the fake-quantized PyTorch model (eval mode) on ``batches``.
+
+    ``batches`` yields inputs or ``(input, ...)`` tuples (a dataloader). Returns ``max_abs_diff`` and
+    ``mean_abs_diff`` of the outputs, ``top1_agreement`` (the fraction of samples whose argmax agrees),
+    ``ref_max_abs`` (the largest |output| of the PyTorch model: the scale to read differences against) and
+    ``samples``.
+    """
+    training, device = model.training, next(model.parameters()).device
+    model.eval()
+    refs, outs = [], []
+    try:
+        for batch in batches:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            with torch.no_grad():
+                refs.append(model(x.to(device)).float().cpu())
+            outs.append(run_int8(session, x).reshape(refs[-1].shape))
+    finally:
+        model.train(training)
+    if not refs:
+        raise ValueError("int8_agreement needs at least one batch")
+    ref, out = torch.cat(refs), torch.cat(outs)
+    diff, top1 = (out - ref).abs(), out.flatten(1).argmax(1) == ref.flatten(1).argmax(1)
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "top1_agreement": float(top1.float().mean()), "ref_max_abs": float(ref.abs().max()),
+            "samples": float(len(ref))}  # fmt: skip
