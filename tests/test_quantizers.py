@@ -431,3 +431,36 @@ def test_no_codes(quantizer: FakeQuantizer) -> None:
 def test_validation(build: Any, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         build()
+
+
+def test_binary_magnitude_h_scales_values_probabilities_and_the_cancelled_gradient() -> None:
+    h = 0.1
+    w = torch.tensor([-0.05, 0.0, 0.02, 0.1, -0.1], requires_grad=True)
+    # deterministic: +-H by sign (0 -> +H); identity gradient
+    out = binaryconnect(w, h=h)
+    assert out.tolist() == pytest.approx([-0.1, 0.1, 0.1, 0.1, -0.1])
+    out.sum().backward()
+    assert w.grad is not None and w.grad.tolist() == [1.0] * 5
+    # stochastic: P(+H) = clip((w/H + 1)/2, 0, 1): w = +H -> always +H, w = -H -> always -H
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([binaryconnect(w.detach(), stochastic=True, generator=g, h=h) for _ in range(2000)])
+    assert bool((draws[:, 3] == draws[0, 3]).all()) and float(draws[0, 3]) == pytest.approx(0.1)
+    assert bool((draws[:, 4] == draws[0, 4]).all()) and float(draws[0, 4]) == pytest.approx(-0.1)
+    # w = -0.05 = -H/2 -> P(+H) = (-0.5 + 1)/2 = 0.25; w = 0.02 -> (0.2 + 1)/2 = 0.6
+    assert float((draws[:, 0] > 0).float().mean()) == pytest.approx(0.25, abs=0.03)
+    assert float((draws[:, 2] > 0).float().mean()) == pytest.approx(0.6, abs=0.03)
+    # BinaryNet at H: +-H forward, gradient kept only where |x| <= H
+    x = torch.tensor([-0.2, 0.05, 0.15, -0.1], requires_grad=True)
+    y = binarynet_sign(x, h)
+    assert y.tolist() == pytest.approx([-0.1, 0.1, 0.1, -0.1])
+    y.sum().backward()
+    assert x.grad is not None and x.grad.tolist() == [0.0, 1.0, 0.0, 1.0]
+    # quantizers carry H in their config and decode codes to +-H
+    for q in (BinaryConnectQuantizer(h=h), BinaryNetQuantizer(h=h)):
+        rebuilt = build_quantizer(q.config())
+        assert rebuilt.config()["h"] == h
+        assert rebuilt.decode(rebuilt.codes(w.detach())).tolist() == pytest.approx(
+            [-0.1, 0.1, 0.1, 0.1, -0.1]
+        )
+    with pytest.raises(ValueError, match="`h` must be a float > 0, got 0"):
+        BinaryNetQuantizer(h=0)

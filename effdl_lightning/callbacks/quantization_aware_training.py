@@ -46,8 +46,9 @@ class QuantizationAwareTraining(StructureChangingCallback):
       the first layer reads real inputs. The inputs must be signed (e.g. BN then hardtanh, no ReLU before the
       sign): a warning says so when the first quantized batch is all non-negative.
 
-    For the binary schemes the real weights are clipped to ``[−clip_weights, clip_weights]`` after every
-    step (H = 1 in both papers). Weights that are exactly zero (pruned) stay zero. The layers are swapped in
+    For the binary schemes the binary weights are ``±H`` and the real weights are clipped to ``[−H, H]``
+    after every step, ``H`` per layer (``binary_scale``: Glorot's ``√(1.5/(fan_in + fan_out))`` as the
+    authors' code, or a number; 1.0 is the papers' formula literally). Weights that are exactly zero (pruned) stay zero. The layers are swapped in
     place (same parameters, names and optimizer), the swap is recorded in the compression record, so
     ``fit(ckpt_path=...)`` resumes mid-QAT and ``load_compressed`` rebuilds the quantized model. Order with
     other techniques: structure changes (filter/channel pruning) before quantization, masks
@@ -69,8 +70,9 @@ class QuantizationAwareTraining(StructureChangingCallback):
         include / exclude: glob patterns on module names.
         learn_scale: affine schemes: learned (LSQ) scales.
         stochastic: BinaryConnect's stochastic binarization.
-        clip_weights: binary schemes: clip real weights to ``[−H, H]`` after every step (``None`` = 1.0 for
-            binary schemes, off otherwise; 0 = off).
+        clip_weights: clip the quantized layers' real weights to ``[−c, c]`` after every step; ``None`` =
+            each layer's ``H`` for the binary schemes, off otherwise; 0 = off.
+        binary_scale: binary schemes: ``"glorot"`` (per-layer ``H``) or a number (see above).
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class QuantizationAwareTraining(StructureChangingCallback):
         learn_scale: bool = False,
         stochastic: bool = False,
         clip_weights: float | None = None,
+        binary_scale: str | float = "glorot",
     ) -> None:
         try:
             self.config = QuantizationConfig(
@@ -100,6 +103,7 @@ class QuantizationAwareTraining(StructureChangingCallback):
                 stochastic,
                 first_layer,
                 last_layer,
+                binary_scale,
             )
         except ValueError as err:
             raise MisconfigurationException(f"QuantizationAwareTraining: {err}") from err
@@ -116,10 +120,11 @@ class QuantizationAwareTraining(StructureChangingCallback):
         self.freeze_ranges_epoch = freeze_ranges_epoch
         self.freeze_bn_epoch = freeze_bn_epoch
         self.include, self.exclude = include, exclude
-        default_clip = 1.0 if scheme in _BINARY else 0.0
-        self.clip_weights = default_clip if clip_weights is None else float(clip_weights)
+        # None: binary schemes clip each layer at its binary magnitude H (see binary_scale), others not at all
+        self.clip_weights = clip_weights if clip_weights is None or clip_weights > 0 else 0.0
+        self._clip = scheme in _BINARY if clip_weights is None else bool(clip_weights)
         self.quantized_at: int | None = None
-        self._clipped: list[Tensor] = []
+        self._clipped: list[tuple[Tensor, float]] = []
         self._batch_norms: list[nn.Module] = []
 
     # --- hooks ------------------------------------------------------------------------------------------------
@@ -169,9 +174,12 @@ class QuantizationAwareTraining(StructureChangingCallback):
 
     def _bind(self, model: nn.Module) -> None:
         layers = quantized_layers(model)
-        self._clipped = (
-            [m.weight for m in layers.values() if m.weight_quantizer is not None] if self.clip_weights else []
-        )
+        self._clipped = []
+        if self._clip:
+            for layer in layers.values():
+                if layer.weight_quantizer is not None:
+                    bound = self.clip_weights or float(getattr(layer.weight_quantizer, "h", 1.0))
+                    self._clipped.append((layer.weight, bound))
 
     def _check_signed_inputs(self, model: nn.Module) -> None:
         handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -204,8 +212,8 @@ class QuantizationAwareTraining(StructureChangingCallback):
     ) -> None:
         if self._clipped:
             with torch.no_grad():
-                for weight in self._clipped:
-                    weight.clamp_(-self.clip_weights, self.clip_weights)
+                for weight, bound in self._clipped:
+                    weight.clamp_(-bound, bound)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -336,42 +336,53 @@ def dorefa_gradient(x: Tensor, k: int, generator: torch.Generator | None = None)
 # ------------------------------------------------------------------------------------ binary weights
 
 
-def binaryconnect(w: Tensor, stochastic: bool = False, generator: torch.Generator | None = None) -> Tensor:
-    """BinaryConnect's ±1 weights (Courbariaux et al., arXiv 1511.00363, eq. 1 and 2).
+def binaryconnect(
+    w: Tensor, stochastic: bool = False, generator: torch.Generator | None = None, h: float = 1.0
+) -> Tensor:
+    """BinaryConnect's binary weights ``±H`` (Courbariaux et al., arXiv 1511.00363, eq. 1 and 2).
 
-    Deterministic: ``w_b = +1 if w ≥ 0 else −1``. Stochastic: ``w_b = +1`` with probability
-    ``σ(w) = clip((w + 1)/2, 0, 1)`` (hard sigmoid), else ``−1``, drawn as ``u < σ(w)`` with
-    ``u = torch.rand(w.shape, generator=generator)`` (global RNG when None). Gradient: the identity, the
-    gradient at ``w_b`` updates the real weight (which the caller clips to ``[−1, 1]`` after each step).
+    Deterministic: ``w_b = +H if w ≥ 0 else −H``. Stochastic: ``w_b = +H`` with probability
+    ``σ(w/H) = clip((w/H + 1)/2, 0, 1)`` (hard sigmoid), else ``−H``, drawn as ``u < σ`` with
+    ``u = torch.rand(w.shape, generator=generator)`` (global RNG when None). ``H = 1`` is the paper's formula;
+    the authors' code uses a per-layer ``H`` (Glorot's ``√(1.5/(fan_in + fan_out))``) so that weights at
+    their initial scale are not coin flips. Gradient: the identity, the gradient at ``w_b`` updates the real
+    weight (which the caller clips to ``[−H, H]`` after each step).
     """
     _check_bool("stochastic", stochastic)
+    if not h > 0:
+        raise ValueError(f"`h` must be > 0, got {h!r}")
     if not stochastic:
-        return _straight_through(w, lambda v: _ones_where(v >= 0, v))
+        return _straight_through(w, lambda v: _ones_where(v >= 0, v) * h)
 
     def sample(v: Tensor) -> Tensor:
-        p = torch.clamp((v + 1) / 2, 0.0, 1.0)
+        p = torch.clamp((v / h + 1) / 2, 0.0, 1.0)
         u = torch.rand(v.shape, generator=generator, dtype=v.dtype, device=v.device)
-        return _ones_where(u < p, v)
+        return _ones_where(u < p, v) * h
 
     return _straight_through(w, sample)
 
 
 class _BinaryNetSign(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
+    def forward(ctx: Any, x: Tensor, h: float) -> Tensor:
         ctx.save_for_backward(x)
-        return _ones_where(x >= 0, x)
+        ctx.h = h
+        return _ones_where(x >= 0, x) * h
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         (x,) = ctx.saved_tensors
-        return grad * (x.abs() <= 1)
+        return grad * (x.abs() <= ctx.h), None
 
 
-def binarynet_sign(x: Tensor) -> Tensor:
-    """BinaryNet's sign (Hubara, Courbariaux et al., arXiv 1602.02830, eq. 1 and 4).
+def binarynet_sign(x: Tensor, h: float = 1.0) -> Tensor:
+    """BinaryNet's sign (Hubara, Courbariaux et al., arXiv 1602.02830, eq. 1 and 4), at scale ``H``.
 
-    Forward ``+1 if x ≥ 0 else −1``; backward ``g_x = g_q · 1[|x| ≤ 1]`` (STE cancelled outside [−1, 1]).
+    Forward ``+H if x ≥ 0 else −H``; backward ``g_x = g_q · 1[|x| ≤ H]`` (STE cancelled outside [−H, H]).
+    ``H = 1`` is the paper's (and the rule for activations); weights may use a per-layer ``H`` (the authors'
+    code: Glorot's ``√(1.5/(fan_in + fan_out))``, with the real weights clipped to ``[−H, H]``).
     """
-    out: Tensor = _BinaryNetSign.apply(x)
+    if not h > 0:
+        raise ValueError(f"`h` must be > 0, got {h!r}")
+    out: Tensor = _BinaryNetSign.apply(x, h)
     return out

@@ -21,6 +21,7 @@ model class and ``fit(ckpt_path=...)`` resumes mid-QAT.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -89,6 +90,11 @@ class QuantizationConfig:
         stochastic: BinaryConnect: stochastic binarization (real weights used at test time, as the paper).
         first_layer / last_layer: ``quantize``, ``weights`` (quantize the weights, keep the input real) or
             ``full_precision``; ``None`` = the paper's choice for the scheme.
+        binary_scale: binary schemes: the weights' binary magnitude ``H`` (their real values are clipped to
+            ``[−H, H]``): ``"glorot"`` = per layer ``√(1.5/(fan_in + fan_out))``, the authors' code (close to
+            PyTorch's default init bound, so stochastic binarization is not a coin flip at init and an
+            optimizer step moves a weight by a useful fraction of its range), or a number (1.0 = the papers'
+            formulas literally; then the weights need an init of that scale and a matching learning rate).
     """
 
     scheme: str = "int8"
@@ -99,6 +105,7 @@ class QuantizationConfig:
     stochastic: bool = False
     first_layer: str | None = None
     last_layer: str | None = None
+    binary_scale: str | float = "glorot"
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -125,6 +132,9 @@ class QuantizationConfig:
                 raise ValueError(f"{what}={policy!r}; allowed: {FIRST_LAST_POLICIES} or None")
         if self.learn_scale and self.scheme not in ("int8", "affine"):
             raise ValueError(f"learn_scale applies to the int8/affine schemes, not {self.scheme!r}")
+        scale = self.binary_scale
+        if scale != "glorot" and (isinstance(scale, (bool, str)) or not float(scale) > 0):
+            raise ValueError(f"binary_scale={scale!r}; allowed: 'glorot' or a number > 0")
         if self.stochastic and self.scheme != "binaryconnect":
             raise ValueError(f"stochastic applies to the binaryconnect scheme, not {self.scheme!r}")
 
@@ -175,14 +185,26 @@ class QuantizationConfig:
             if g is not None:
                 out["gradient"] = {"type": "DoReFaGradientQuantizer", "bits": g}
         elif self.scheme == "binaryconnect":
-            out["weight"] = {"type": "BinaryConnectQuantizer", "stochastic": self.stochastic}
+            h = self.weight_scale(module)
+            out["weight"] = {"type": "BinaryConnectQuantizer", "stochastic": self.stochastic, "h": h}
         else:  # binarynet
-            out["weight"] = {"type": "BinaryNetQuantizer"}
+            out["weight"] = {"type": "BinaryNetQuantizer", "h": self.weight_scale(module)}
             if a is not None:
                 out["input"] = {"type": "BinaryNetQuantizer"}
         if policy == "weights":
             out.pop("input", None)
         return out
+
+    def weight_scale(self, module: nn.Module) -> float:
+        """The binary magnitude ``H`` of one layer's weights (see ``binary_scale``)."""
+        if self.binary_scale != "glorot":
+            return float(self.binary_scale)
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, Tensor) or weight.dim() < 2:
+            return 1.0
+        receptive = weight[0, 0].numel()  # Glorot's fans for a conv: channels × kernel size
+        fan_in, fan_out = weight.shape[1] * receptive, weight.shape[0] * receptive
+        return math.sqrt(1.5 / (fan_in + fan_out))
 
 
 def _describe(allowed: set[Any]) -> str:

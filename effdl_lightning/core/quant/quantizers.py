@@ -396,10 +396,16 @@ class DoReFaGradientQuantizer(_DoReFaQuantizer):
         return dorefa_gradient(x, self.bits)
 
 
+def _check_h(h: float) -> None:
+    if isinstance(h, bool) or not isinstance(h, (int, float)) or not h > 0:
+        raise ValueError(f"`h` must be a float > 0, got {h!r}")
+
+
 class _SignQuantizer(FakeQuantizer):
-    """Shared by the ±1 quantizers: 1 bit, codes 0/1 for −1/+1."""
+    """Shared by the ±H quantizers: 1 bit, codes 0/1 for −H/+H."""
 
     bits = 1
+    h = 1.0
 
     @property
     def code_range(self) -> tuple[int, int]:
@@ -411,25 +417,31 @@ class _SignQuantizer(FakeQuantizer):
 
     def decode(self, codes: Tensor) -> Tensor:
         _ = self.code_range
-        return torch.where(codes == 1, 1.0, -1.0)
+        return torch.where(codes == 1, self.h, -self.h)
 
 
 class BinaryConnectQuantizer(_SignQuantizer):
     """BinaryConnect ±1 weights (Courbariaux et al., arXiv 1511.00363).
 
-    Training: deterministic ``sign`` (+1 for w ≥ 0) or ``stochastic`` (+1 with probability
-    ``clip((w + 1)/2, 0, 1)``), identity gradient to the real weight. Eval, the paper's test-time rule
-    (§2.6): deterministic → the binary weights; stochastic → the real-valued weights. Codes 0/1 for −1/+1 —
-    deterministic only (a stochastic model is evaluated with real weights, so it has no binary codes).
+    Training: deterministic ``H·sign`` (+H for w ≥ 0) or ``stochastic`` (+H with probability
+    ``clip((w/H + 1)/2, 0, 1)``), identity gradient to the real weight. Eval, the paper's test-time rule
+    (§2.6): deterministic → the binary weights; stochastic → the real-valued weights (in [−H, H], the same
+    scale). Codes 0/1 for −H/+H — deterministic only (a stochastic model is evaluated with real weights, so
+    it has no binary codes).
 
     Args:
         stochastic: stochastic binarization (global RNG).
+        h: the binary magnitude ``H`` (the paper: 1; the authors' code: Glorot's per-layer scale, which
+            ``QuantizationConfig`` uses by default so that stochastic binarization of weights at their
+            initial scale is not a coin flip).
     """
 
-    def __init__(self, stochastic: bool = False) -> None:
+    def __init__(self, stochastic: bool = False, h: float = 1.0) -> None:
         _check_bool("stochastic", stochastic)
-        super().__init__(stochastic=stochastic)
+        _check_h(h)
+        super().__init__(stochastic=stochastic, h=float(h))
         self.stochastic = stochastic
+        self.h = float(h)
 
     @property
     def code_range(self) -> tuple[int, int]:
@@ -443,17 +455,21 @@ class BinaryConnectQuantizer(_SignQuantizer):
     def _fake_quantize(self, x: Tensor) -> Tensor:
         if self.stochastic and not self.training:
             return x  # the paper's test-time rule for stochastic BinaryConnect: the real-valued weights
-        return binaryconnect(x, stochastic=self.stochastic)
+        return binaryconnect(x, stochastic=self.stochastic, h=self.h)
 
 
 class BinaryNetQuantizer(_SignQuantizer):
     """BinaryNet sign for weights and activations (Hubara, Courbariaux et al., arXiv 1602.02830).
 
-    ``+1 if x ≥ 0 else −1``, gradient ``g·1[|x| ≤ 1]``, in training and eval. Codes 0/1 for −1/+1.
+    ``+H if x ≥ 0 else −H``, gradient ``g·1[|x| ≤ H]``, in training and eval. Codes 0/1 for −H/+H.
+    ``H = 1`` for activations (the paper); weights may use a per-layer ``H`` (see
+    :class:`BinaryConnectQuantizer`).
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, h: float = 1.0) -> None:
+        _check_h(h)
+        super().__init__(h=float(h))
+        self.h = float(h)
 
     def _fake_quantize(self, x: Tensor) -> Tensor:
-        return binarynet_sign(x)
+        return binarynet_sign(x, self.h)
