@@ -5,6 +5,7 @@ No timing or accuracy is asserted (benchmarks measure, tests check behaviour).
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -67,3 +68,20 @@ def test_pruning_curve_quick(tmp_path: Path) -> None:
     assert 0.0 <= summary["dense"]["acc_mean"] <= 1.0
     md = (tmp_path / "pruning_curve_quick.md").read_text()
     assert "Compression ratio" in md and "| 8× |" in md
+
+
+@pytest.mark.parametrize("name", ["binary_quantization", "dorefa_sweep", "inq"])
+def test_quantization_benchmarks_quick(tmp_path: Path, name: str) -> None:
+    module = importlib.import_module(f"benchmarks.{name}")
+    module.main(["--quick", "--out", str(tmp_path)])
+    for suffix in ("json", "md", "png"):
+        assert (tmp_path / f"{name}_quick.{suffix}").stat().st_size > 0
+    assert not (tmp_path / f"{name}.json").exists()  # quick runs never write the real results
+    result = json.loads((tmp_path / f"{name}_quick.json").read_text())
+    assert result["meta"]["quick"] and result["runs"]
+    assert all(0.0 <= r["test_acc"] <= 1.0 for r in result["runs"])
+    if name == "inq":  # every INQ run ends with each weight exactly 0 or a power of two of its level set
+        quantized = [r for r in result["runs"] if r["bits"]]
+        assert quantized and all(r["all_levels"] and r["quantized_fraction"] == 1.0 for r in quantized)
+        assert all(r["max_distinct"] <= 2 ** (r["bits"] - 1) + 1 for r in quantized)
+    assert "## Definitions" in (tmp_path / f"{name}_quick.md").read_text()
