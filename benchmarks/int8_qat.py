@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
 
     meta = {**environment(threads=1), "onnxruntime": onnxruntime.__version__, "seeds": seeds}
     meta |= {"pre_epochs": pre, "ft_epochs": ft, "seconds": time.perf_counter() - start}
-    meta["command"] = "python -m benchmarks --only int8_qat" + (" --quick" if args.quick else "")
+    meta["command"] = " ".join(["python -m benchmarks --only int8_qat", *(argv or [])])
     result = {"meta": meta, "summary": summary, "timing": timing, "runs": rows}
     write_results(args.out, stem, result, markdown(summary, timing, meta))
 
