@@ -5,6 +5,7 @@ from effdl_lightning.callbacks.compression_report import CompressionReport, form
 from effdl_lightning.callbacks.deep_compression_export import DeepCompressionExport
 from effdl_lightning.callbacks.filter_pruning import FilterPruning
 from effdl_lightning.callbacks.incremental_quantization import IncrementalQuantization
+from effdl_lightning.callbacks.low_rank import LowRankFactorization
 from effdl_lightning.callbacks.magnitude_pruning import MagnitudePruning
 from effdl_lightning.callbacks.quantization_aware_training import QuantizationAwareTraining
 from effdl_lightning.callbacks.structure import StructureChangingCallback
@@ -16,6 +17,7 @@ __all__ = [
     "DeepCompressionExport",
     "FilterPruning",
     "IncrementalQuantization",
+    "LowRankFactorization",
     "MagnitudePruning",
     "QuantizationAwareTraining",
     "StructureChangingCallback",

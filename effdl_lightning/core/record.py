@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from effdl_lightning.core.lowrank.factorize import apply_low_rank_entry
 from effdl_lightning.core.quant.modules import apply_quantization_entry
 from effdl_lightning.core.surgery import apply_cut
 
@@ -49,6 +50,7 @@ def _replay_channel_cut(model: nn.Module, entry: Mapping[str, Any]) -> None:
 
 register_replayer("channel_cut", _replay_channel_cut)
 register_replayer("quantize", apply_quantization_entry)
+register_replayer("low_rank", apply_low_rank_entry)
 
 
 def get_record(model: nn.Module) -> list[dict[str, Any]]:
