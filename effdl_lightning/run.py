@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -87,13 +88,25 @@ def _instantiate_named(group: DictConfig | None, kind: type, what: str) -> list[
     return objects
 
 
+def _init_parameters(conf: DictConfig) -> set[str]:
+    """The argument names of the callable that ``conf._target_`` names (empty if it cannot be inspected)."""
+    from hydra.utils import get_object
+
+    try:
+        return set(inspect.signature(get_object(str(conf._target_))).parameters)
+    except (ValueError, TypeError, ImportError):
+        return set()
+
+
 def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
     """Instantiate datamodule, model, LightningModule, callbacks (compression last), loggers and trainer."""
     # _convert_="all": objects receive plain lists and dicts, never OmegaConf containers (which would end up
     # in checkpoints' hyper-parameters and break loading them with weights_only=True)
     datamodule: pl.LightningDataModule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")
-    module: pl.LightningModule = instantiate(cfg.module, model=model, _convert_="all")
+    # the network is the module's `model`, or its `student` for a distillation module
+    network_arg = "student" if "student" in _init_parameters(cfg.module) else "model"
+    module: pl.LightningModule = instantiate(cfg.module, **{network_arg: model}, _convert_="all")
     callbacks: list[Callback] = _instantiate_named(cfg.get("callbacks"), Callback, "callbacks")
     callbacks += _instantiate_named(cfg.get("compression"), Callback, "compression")
     loggers: list[Logger] = _instantiate_named(cfg.get("logger"), Logger, "logger")

@@ -1,5 +1,12 @@
 """The techniques as plain PyTorch (no Lightning): each piece works on a bare ``nn.Module``."""
 
+from effdl_lightning.core.distill import (
+    AttentionTransferLoss,
+    DistillationLoss,
+    FeatureCapture,
+    FitNetsLoss,
+    KDLoss,
+)
 from effdl_lightning.core.lowrank import (
     LowRankConfig,
     LowRankResult,
@@ -27,6 +34,11 @@ __all__ = [
     "DEFAULT_LAYER_TYPES",
     "PRUNED",
     "SHARING_INITS",
+    "AttentionTransferLoss",
+    "DistillationLoss",
+    "FeatureCapture",
+    "FitNetsLoss",
+    "KDLoss",
     "LowRankConfig",
     "LowRankResult",
     "SharedWeight",

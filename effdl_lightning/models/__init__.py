@@ -10,6 +10,7 @@ from effdl_lightning.models.mlp import MLP
 from effdl_lightning.models.mnasnet import MnasNetA1
 from effdl_lightning.models.mobilenet import MobileNetV1, MobileNetV2
 from effdl_lightning.models.registry import ModelEntry, create, get_model_entry, list_models, register_model
+from effdl_lightning.models.resnet1d import ResNet1D
 from effdl_lightning.models.resnet_cifar import BasicBlock, ResNetCifar
 from effdl_lightning.models.shufflenet import ShuffleNetV1, ShuffleNetV2
 from effdl_lightning.models.vgg import VGGSmall
@@ -25,6 +26,7 @@ __all__ = [
     "MobileNetV1",
     "MobileNetV2",
     "ModelEntry",
+    "ResNet1D",
     "ResNetCifar",
     "ShuffleNetV1",
     "ShuffleNetV2",
