@@ -13,6 +13,7 @@ from torch import nn
 
 from effdl_lightning.core.quant.modules import QuantizationConfig, quantize_, quantized_layers
 from effdl_lightning.export import export_int8_onnx, fold_batch_norm_, int8_agreement, load_int8_session
+from effdl_lightning.export.qdq_ops import dequantize_linear, quantize_linear
 from effdl_lightning.models.blocks import ConvBnAct, InvertedResidual
 from effdl_lightning.models.resnet_cifar import BasicBlock
 
@@ -60,16 +61,16 @@ def data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return templates[y] + 0.7 * torch.randn(n, *SHAPE, generator=g), y
 
 
-def qat_model(name: str) -> nn.Module:
+def qat_model(name: str, sites: str = "auto") -> nn.Module:
     """The model quantized for int8 and trained a few QAT steps (observers see the ranges), in eval mode."""
-    return copy.deepcopy(_trained(name))
+    return copy.deepcopy(_trained(name, sites))
 
 
 @functools.cache
-def _trained(name: str) -> nn.Module:
+def _trained(name: str, sites: str = "auto") -> nn.Module:
     torch.manual_seed(0)
     model = BUILDERS[name]()
-    quantize_(model, QuantizationConfig("int8"))
+    quantize_(model, QuantizationConfig("int8", activation_sites=sites))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
     for step in range(25):
@@ -82,18 +83,39 @@ def _trained(name: str) -> nn.Module:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Each model quantized, trained, exported (weight dtype ``auto``) and loaded in ORT, once per module."""
+    """Each model quantized (graph-level sites; ``<name>_inputs``: layer inputs only), trained, exported (weight
+    dtype ``auto``) and loaded in ORT, once per module."""
     out: dict[str, Any] = {}
-    for name in BUILDERS:
-        model = qat_model(name)
-        path = tmp_path_factory.mktemp("int8") / f"{name}.onnx"
+    for name, sites in [*((n, "auto") for n in BUILDERS), ("residual", "inputs"), ("depthwise", "inputs")]:
+        model = qat_model(name, sites)
+        key = name if sites == "auto" else f"{name}_inputs"
+        path = tmp_path_factory.mktemp("int8") / f"{key}.onnx"
         result = export_int8_onnx(model, data(2, seed=99)[0], path, fp32_reference=False)
-        out[name] = (model, result, load_int8_session(result.path))
+        out[key] = (model, result, load_int8_session(result.path))
     return out
 
 
 def conv_names(model: nn.Module) -> set[str]:
     return {n for n, m in quantized_layers(model).items() if isinstance(m, nn.Conv2d)}
+
+
+# ------------------------------------------------------------------------------------------ QDQ ops
+
+
+def test_qdq_ops_follow_onnx_semantics() -> None:
+    """ONNX QuantizeLinear: round half to even, add the zero point, saturate to the zero point's dtype;
+    DequantizeLinear: (q - z)·s; per tensor or per slice along ``axis``."""
+    x = torch.tensor([-1.0, 0.25, 0.75, 1.25, 300.0])
+    q = quantize_linear(x, torch.tensor(0.5), torch.tensor(10, dtype=torch.uint8))
+    assert q.dtype == torch.uint8 and q.tolist() == [8, 10, 12, 12, 255]  # 0.5 → 0, 1.5 → 2, 2.5 → 2
+    assert dequantize_linear(q, torch.tensor(0.5), torch.tensor(10, dtype=torch.uint8)).tolist() == [
+        -1.0, 0.0, 1.0, 1.0, 122.5,
+    ]  # fmt: skip
+    w = torch.tensor([[1.0, -2.0], [3.0, -400.0]])
+    scale, zero = torch.tensor([1.0, 2.0]), torch.zeros(2, dtype=torch.int8)
+    codes = quantize_linear(w, scale, zero, 0)
+    assert codes.dtype == torch.int8 and codes.tolist() == [[1, -2], [2, -128]]
+    assert dequantize_linear(codes, scale, zero, 0).tolist() == [[1.0, -2.0], [4.0, -256.0]]
 
 
 # ------------------------------------------------------------------------------------------ folding
@@ -125,7 +147,8 @@ def test_fold_batch_norm_equals_unfolded(name: str) -> None:
         ref = model(x)
         out = folded(x)
         for conv, bn in pairs:
-            expected = model.get_submodule(bn)(model.get_submodule(conv)(inputs[conv]))
+            # .forward: without the graph-level output quantizer of the BN (the folded model's Identity has it)
+            expected = model.get_submodule(bn).forward(model.get_submodule(conv)(inputs[conv]))
             got = folded.get_submodule(conv)(inputs[conv])
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
             assert not folded.get_submodule(conv).weight_quantizer.observing  # frozen at s·|k|
@@ -174,8 +197,9 @@ def test_int8_file_is_smaller_than_fp32_and_stores_int8_weights(tmp_path: Any) -
     assert result.fp32_size_bytes == os.path.getsize(str(result.fp32_path))
     assert result.fp32_size_bytes / result.size_bytes >= 3.5
     inits = {i.name: i for i in onnx.load(result.path).graph.initializer}
-    for layer in quantized_layers(model):
-        assert inits[f"{layer}.qweight"].data_type == onnx.TensorProto.INT8
+    int8_shapes = sorted(tuple(i.dims) for i in inits.values() if i.data_type == onnx.TensorProto.INT8)
+    weight_shapes = sorted(tuple(m.weight.shape) for m in quantized_layers(model).values())
+    assert [s for s in int8_shapes if len(s) > 1] == weight_shapes  # every weight as int8 codes
     float_bytes = sum(len(i.raw_data) for i in inits.values() if i.data_type == onnx.TensorProto.FLOAT)
     assert float_bytes < 0.02 * result.size_bytes  # scales only: no float copy of a weight
     assert result.folded == [("0", "1"), ("4", "5")]
@@ -198,20 +222,27 @@ def test_sequential_cnn_convs_run_int8(exported: dict[str, Any]) -> None:
     assert result.float_output_layers == ["4", "9"]
 
 
-@pytest.mark.parametrize("name", ["residual", "depthwise"])
+@pytest.mark.parametrize("name", ["residual", "depthwise", "residual_inputs", "depthwise_inputs"])
 def test_int8_convs_are_those_whose_output_is_requantized(exported: dict[str, Any], name: str) -> None:
     model, result, _ = exported[name]
     int8_convs = [n for n in result.int8_output_layers if n in conv_names(model)]
     assert result.node_counts.get("QLinearConv", 0) == len(int8_convs) >= 1
     floats = sum(result.node_counts.get(op, 0) for op in FLOAT_CONVS)
     assert floats == len(conv_names(model)) - len(int8_convs)
-    if name == "residual":  # conv2 feeds the residual add: float; conv1 feeds conv2 through ReLU: int8
-        assert int8_convs == ["1.conv1"]
-    else:  # the 1x1 expansion and the depthwise conv run int8; the projection feeds the skip add
-        assert int8_convs == ["1.conv_pw.conv", "1.conv_dw.conv"]
+    expected = {
+        # graph-level sites: the residual add reads and writes quantized tensors, so ORT adds integers
+        # (QLinearAdd) and every conv but the one feeding the float average pool runs int8
+        "residual": ["0.0", "1.conv1", "1.conv2"],
+        "depthwise": ["0.conv", "1.conv_pw.conv", "1.conv_dw.conv", "1.conv_pwl.conv"],
+        # layer inputs only: a conv feeding the add (never quantized in QAT) stays float
+        "residual_inputs": ["1.conv1"],
+        "depthwise_inputs": ["1.conv_pw.conv", "1.conv_dw.conv"],
+    }
+    assert int8_convs == expected[name]
+    assert result.node_counts.get("QLinearAdd", 0) == (0 if name.endswith("_inputs") else 1)
 
 
-@pytest.mark.parametrize("name", list(BUILDERS))
+@pytest.mark.parametrize("name", [*BUILDERS, "residual_inputs"])
 def test_ort_int8_agrees_with_the_fake_quantized_model(exported: dict[str, Any], name: str) -> None:
     """The int8 kernels compute what the fake-quantized model simulates, up to rounding: ORT adds an int32 bias
     rounded to s_in·s_w (PyTorch adds the float bias) and requantizes with a float multiplier, so an activation

@@ -278,6 +278,7 @@ def test_ddp_two_processes_agree_with_one(tmp_path: Path) -> None:
         ({"stochastic": True}, r"stochastic applies to the binaryconnect scheme"),
         ({"start_epoch": -1}, r"`start_epoch` must be >= 0 or None, got -1"),
         ({"clip_weights": -1.0}, r"`clip_weights` must be >= 0 or None, got -1.0"),
+        ({"activation_sites": "all"}, r"activation_sites='all'; allowed: \('auto', 'inputs', 'graph'\)"),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:

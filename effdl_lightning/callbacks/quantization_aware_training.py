@@ -73,6 +73,10 @@ class QuantizationAwareTraining(StructureChangingCallback):
         clip_weights: clip the quantized layers' real weights to ``[−c, c]`` after every step; ``None`` =
             each layer's ``H`` for the binary schemes, off otherwise; 0 = off.
         binary_scale: binary schemes: ``"glorot"`` (per-layer ``H``) or a number (see above).
+        activation_sites: ``auto`` (default), ``graph`` or ``inputs``: with ``graph`` (``auto`` for int8/affine
+            on an fx-traceable model) every tensor a residual add reads or writes is quantized once where it is
+            produced, so the int8 export adds integers and keeps the convs around each add in int8; ``inputs``
+            quantizes only each layer's input (see ``QuantizationConfig``).
     """
 
     def __init__(
@@ -92,6 +96,7 @@ class QuantizationAwareTraining(StructureChangingCallback):
         stochastic: bool = False,
         clip_weights: float | None = None,
         binary_scale: str | float = "glorot",
+        activation_sites: str = "auto",
     ) -> None:
         try:
             self.config = QuantizationConfig(
@@ -104,6 +109,7 @@ class QuantizationAwareTraining(StructureChangingCallback):
                 first_layer,
                 last_layer,
                 binary_scale,
+                activation_sites,
             )
         except ValueError as err:
             raise MisconfigurationException(f"QuantizationAwareTraining: {err}") from err

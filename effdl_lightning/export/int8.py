@@ -4,15 +4,22 @@ The model of ``quantize_(model, QuantizationConfig("int8"))`` (Jacob et al. arXi
 ORT (``ORT_ENABLE_ALL``) fuses into integer kernels (``DQ→Conv→Q`` → ``QLinearConv``, ``DQ→Gemm`` → ``QGemm``):
 
 1. :func:`fold_batch_norm_` folds each BatchNorm into its conv (``quant(W·k; s·|k|) = k·quant(W; s)``).
-2. An fx deploy copy holds each quantized layer as integer codes: 8-bit weights with per-channel scales and
-   int32 biases at ``s_in·s_w`` into ``DequantizeLinear``, the input quantizer as a ``QuantizeLinear``/
-   ``DequantizeLinear`` pair (``torch.ops.quantized_decomposed``, exported by ``torch.onnx.export(dynamo=True)``).
-3. Where exact, a layer's input quantize ``g`` is also applied at the output of the conv/linear feeding it,
-   across a single-user chain of ops ``f`` with ``g∘f∘g = g∘f`` (ReLU, ReLU6, clamp, max-pool, flatten,
-   reshape, eval dropout), so ORT sees ``DQ→Conv→Q``, drops a ReLU before a ``Q`` at zero point 0 and max-pools
-   uint8. A conv whose output meets anything else (a residual add, an average pool, several users) stays a
-   float conv on dequantized weights: the QAT model never quantized that tensor and no rounding it did not
-   simulate is added.
+2. An fx deploy copy holds each quantized layer as integer codes: 8-bit weights with per-channel scales into
+   ``DequantizeLinear`` (a linear's bias as int32 codes at ``s_in·s_w``; a conv's bias in float, which ORT
+   ≥ 1.20 quantizes the same way when it fuses the conv), the input quantizer as a ``QuantizeLinear``/
+   ``DequantizeLinear`` pair (custom ops of :mod:`effdl_lightning.export.qdq_ops`, which
+   ``torch.onnx.export(dynamo=True)`` writes as those ONNX nodes).
+3. Graph-level output quantizers (``activation_sites="graph"``, :mod:`effdl_lightning.core.quant.graph`)
+   become ``QuantizeLinear``/``DequantizeLinear`` pairs where the QAT model quantized: around each residual
+   add, so ORT fuses ``DQ, DQ → Add → Q`` into ``QLinearAdd``; a layer whose input was quantized upstream
+   reads it through the same pair (``DQ → Conv``).
+4. Where exact, a quantize ``g`` of a layer's input or of a graph-level site is also applied at the output of
+   the conv/linear feeding it, across a single-user chain of ops ``f`` with ``g∘f∘g = g∘f`` (ReLU, ReLU6,
+   clamp, max-pool, flatten, reshape, eval dropout), so ORT sees ``DQ→Conv→Q``, drops a ReLU before a ``Q``
+   at zero point 0 and max-pools uint8. A conv whose output meets anything else (a float average pool,
+   several users, the logits; with ``activation_sites="inputs"`` also a residual add) stays a float conv on
+   dequantized weights: the QAT model never quantized that tensor and no rounding it did not simulate is
+   added.
 
 onnx, onnxscript and onnxruntime are optional: ``pip install effdl_lightning[deploy]``.
 """
@@ -21,11 +28,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import importlib
 import io
 import logging
-import operator
 import os
 import platform
 import tempfile
@@ -40,14 +45,19 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.nn.modules.conv import _ConvNd
 
-from effdl_lightning.core.quant.fold import (
-    fold_batch_norm_,
+from effdl_lightning.core.quant.fold import fold_batch_norm_, set_module, trace_with_quantized_leaves
+from effdl_lightning.core.quant.graph import (
+    ATTRIBUTE,
+    commutes,
+    is_add,
     module_of,
-    set_module,
-    trace_with_quantized_leaves,
+    remove_output_hooks_,
+    value_users,
+    walk_back,
 )
 from effdl_lightning.core.quant.modules import is_quantized, quantized_layers
 from effdl_lightning.core.quant.quantizers import AffineQuantizer
+from effdl_lightning.export.qdq_ops import dequantize_linear, onnx_translations, quantize_linear
 
 __all__ = ["Int8Export", "export_int8_onnx", "fold_batch_norm_", "int8_agreement", "load_int8_session",
            "run_int8"]  # fmt: skip
@@ -56,16 +66,7 @@ log = logging.getLogger(__name__)
 
 _ACT_RANGES = {(0, 255): torch.uint8, (-128, 127): torch.int8}  # the codes ONNX QuantizeLinear saturates to
 _INT32 = (-(2**31), 2**31 - 1)
-# ops f with g∘f∘g = g∘f for a monotone idempotent fake quantizer g: a quantize moves back across them
-_COMMUTING_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Flatten,
-                      nn.Unflatten, nn.Identity, nn.Dropout, nn.AdaptiveMaxPool2d)  # fmt: skip
-_COMMUTING_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.hardtanh, torch.clamp, torch.clip, F.max_pool1d,
-                        F.max_pool2d, F.max_pool3d, torch.flatten, torch.reshape, torch.permute,
-                        torch.transpose, torch.squeeze, torch.unsqueeze, F.dropout}  # fmt: skip
-_COMMUTING_METHODS = {"relu", "clamp", "clip", "flatten", "view", "reshape", "permute", "transpose",
-                      "squeeze", "unsqueeze", "contiguous"}  # fmt: skip
 _PLAIN = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_CLAMPS = (torch.clamp, torch.clip, F.hardtanh, "clamp", "clip")
 
 
 def _require(name: str) -> Any:
@@ -78,21 +79,20 @@ def _require(name: str) -> Any:
 # ------------------------------------------------------------------------------------------ deploy copy
 
 
-def _qd() -> Any:
-    importlib.import_module("torch.ao.quantization.fx._decomposed")  # registers the quantized_decomposed ops
-    return torch.ops.quantized_decomposed
-
-
 class _QDQ(nn.Module):
     """``DequantizeLinear(QuantizeLinear(x))`` per tensor: the exported form of an activation quantizer."""
 
+    scale: Tensor
+    zero_point: Tensor
+
     def __init__(self, scale: float, zero_point: int, qmin: int, qmax: int) -> None:
         super().__init__()
-        self.args = (scale, zero_point, qmin, qmax, _ACT_RANGES[(qmin, qmax)])
+        self.args = (scale, zero_point, qmin, qmax)
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32))
+        self.register_buffer("zero_point", torch.tensor(zero_point, dtype=_ACT_RANGES[(qmin, qmax)]))
 
     def forward(self, x: Tensor) -> Tensor:
-        qd = _qd()
-        return qd.dequantize_per_tensor(qd.quantize_per_tensor(x, *self.args), *self.args)
+        return dequantize_linear(quantize_linear(x, self.scale, self.zero_point), self.scale, self.zero_point)
 
 
 def _input_qdq(name: str, quantizer: Any) -> _QDQ | None:
@@ -123,9 +123,12 @@ class _Int8Layer(nn.Module):
     b_scale: Tensor
     bias: Tensor | None
 
-    def __init__(self, name: str, layer: Any, weight_dtype: str) -> None:
+    def __init__(self, name: str, layer: Any, weight_dtype: str, upstream: _QDQ | None = None) -> None:
         super().__init__()
-        self.input = _input_qdq(name, layer.input_quantizer)
+        # no input quantizer of its own: the tensor it reads was quantized upstream (a graph-level site) and is
+        # still on that grid; the same QDQ again (exact: g∘g = g) gives ORT its DQ→Conv pattern
+        self.input = _input_qdq(name, layer.input_quantizer) or upstream
+        self.requantize = True  # False where the graph already quantizes the input with the same parameters
         self.conv: dict[str, Any] | None = None  # a conv's hyperparameters; None: a linear layer
         if isinstance(layer, _ConvNd):
             self.conv = {k: getattr(layer, k) for k in ("stride", "padding", "dilation", "groups")}
@@ -147,58 +150,66 @@ class _Int8Layer(nn.Module):
             scale = wq.qparams()[0]  # after codes(), which observes a never-observed weight
             self.register_buffer("qweight", codes.to(torch.uint8 if shift else torch.int8))
             self.register_buffer("w_scale", scale.expand(weight.shape[0]).clone())
-            self.register_buffer("w_zero", torch.full_like(self.w_scale, shift, dtype=torch.int64))
-            self.w_range = (0, 255) if shift else (-128, 127)
-            if bias is not None and self.input is not None:  # int32 codes at s_in·s_w, what the kernel adds
+            self.register_buffer("w_zero", torch.full_like(self.w_scale, shift, dtype=self.qweight.dtype))
+            # a linear's bias: int32 codes at s_in·s_w, what the kernel adds (ORT fuses DQ(int32)→Gemm into QGemm);
+            # a conv's bias stays float: ORT ≥ 1.20 quantizes it the same way when it fuses QLinearConv (its
+            # BiasQuantization transformer), which saves the file a per-channel scale tensor
+            if bias is not None and self.input is not None and self.conv is None:
                 b_scale = self.input.args[0] * self.w_scale.double()
                 self.register_buffer("qbias", torch.round(bias.double() / b_scale).clamp(*_INT32).int())
                 self.register_buffer("b_scale", b_scale.float())
+                self.register_buffer("b_zero", torch.zeros_like(self.qbias))
                 bias = None
         self.register_buffer("bias", bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        qd, b, padding = _qd(), self.bias, self.conv["padding"] if self.conv is not None else 0
+        b, padding = self.bias, self.conv["padding"] if self.conv is not None else 0
         if self.conv is not None and self.conv["pad"][0] != "zeros":  # reflect/replicate/circular: data
             x, padding = F.pad(x, self.conv["pad"][1], mode=self.conv["pad"][0]), 0  # movement, before the Q
-        x = self.input(x) if self.input is not None else x
-        w = self.weight if not self.int8 else qd.dequantize_per_channel(
-            self.qweight, self.w_scale, self.w_zero, 0, *self.w_range, self.qweight.dtype
-        )  # fmt: skip
+        x = self.input(x) if self.input is not None and self.requantize else x
+        w = self.weight if not self.int8 else dequantize_linear(self.qweight, self.w_scale, self.w_zero, 0)
         if b is None and hasattr(self, "qbias"):
-            zeros = torch.zeros_like(self.w_zero)
-            b = qd.dequantize_per_channel(self.qbias, self.b_scale, zeros, 0, *_INT32, torch.int32)
+            b = dequantize_linear(self.qbias, self.b_scale, self.b_zero, 0)
         if self.conv is None:
             return F.linear(x, w, b)
         conv = (F.conv1d, F.conv2d, F.conv3d)[w.dim() - 3]
         return conv(x, w, b, self.conv["stride"], padding, self.conv["dilation"], self.conv["groups"])
 
 
-def _commutes(gm: fx.GraphModule, node: fx.Node, data: fx.Node) -> bool:
-    """Whether ``node`` applies an op ``f`` with ``g∘f∘g = g∘f`` to ``data``, its first argument."""
-    if not node.args or node.args[0] is not data or node.kwargs.get("return_indices"):
-        return False
+def _qdq_node(gm: fx.GraphModule, node: Any) -> _QDQ | None:
     module = module_of(gm, node)
-    if module is not None:
-        return isinstance(module, _COMMUTING_MODULES) and not getattr(module, "return_indices", False)
-    tensor_args = any(isinstance(a, fx.Node) for a in (*node.args[1:], *node.kwargs.values()))
-    if node.target in _CLAMPS and tensor_args:
-        return False  # bounds computed from tensors
-    if node.op == "call_function":
-        return node.target in _COMMUTING_FUNCTIONS and not (len(node.args) > 6 and node.args[6])
-    return node.op == "call_method" and node.target in _COMMUTING_METHODS
+    return module if isinstance(module, _QDQ) else None
 
 
 def _deploy(model: nn.Module, weight_dtype: str) -> tuple[fx.GraphModule, list[str], list[str]]:
     """The deploy graph of a folded eval model, its int8-output layers and its float-output int8 layers."""
     gm = trace_with_quantized_leaves(model)
+    remove_output_hooks_(gm)  # the graph calls them as nodes
+    for node in gm.graph.nodes:  # graph-level output quantizers → QDQ pairs
+        if node.op == "call_module" and str(node.target).split(".")[-1] == ATTRIBUTE:
+            qdq = _input_qdq(str(node.target), gm.get_submodule(str(node.target)))
+            set_module(gm, str(node.target), qdq if qdq is not None else nn.Identity())  # disabled: float
     layers: dict[fx.Node, _Int8Layer] = {}
     for node in list(gm.graph.nodes):
         module = module_of(gm, node)
         if module is not None and is_quantized(module):
-            module = _Int8Layer(str(node.target), module, weight_dtype)
+            upstream = _qdq_node(gm, walk_back(gm, node.args[0])) if node.args else None
+            module = _Int8Layer(str(node.target), module, weight_dtype, upstream)
             set_module(gm, str(node.target), module)
         if isinstance(module, _Int8Layer):
             layers[node] = module
+    count = 0
+
+    def insert_qdq(point: fx.Node, qdq: _QDQ, only: fx.Node | None = None) -> None:
+        nonlocal count
+        count += 1
+        name = f"int8_qdq_{count}"
+        gm.add_submodule(name, _QDQ(*qdq.args[:4]))
+        with gm.graph.inserting_after(point):
+            new = gm.graph.call_module(name, (point,))
+        keep = (lambda u: u is not new) if only is None else (lambda u: u is only)
+        point.replace_all_uses_with(new, delete_user_cb=keep)
+
     int8_out: list[str] = []
     float_out: list[str] = []
     for node, layer in layers.items():
@@ -206,21 +217,33 @@ def _deploy(model: nn.Module, weight_dtype: str) -> tuple[fx.GraphModule, list[s
             continue
         chain: list[fx.Node] = []
         cur, consumer = node, None
-        # users that only read the shape (x.size(0) for a view) do not see the values
-        while len(users := [u for u in cur.users if u.target not in ("size", "dim")]) == 1:
+        while len(users := value_users(cur)) == 1:
             if users[0] in layers and users[0].args[:1] == (cur,):
                 consumer = layers[users[0]].input
                 break
-            if not _commutes(gm, users[0], cur):
+            if (qdq := _qdq_node(gm, users[0])) is not None:
+                consumer = qdq
+                break
+            if not commutes(gm, users[0], cur):
                 break
             chain.append(cur := users[0])
         (int8_out if consumer is not None else float_out).append(str(node.target))
-        for i, point in enumerate([node, *chain[:-1]] if consumer is not None else []):
-            name = f"int8_qdq_{len(int8_out)}_{i}"  # the consumer's own Q follows the chain's last op
-            gm.add_submodule(name, _QDQ(*consumer.args[:4]))  # type: ignore[union-attr]
-            with gm.graph.inserting_after(point):
-                qdq = gm.graph.call_module(name, (point,))
-            point.replace_all_uses_with(qdq, delete_user_cb=functools.partial(operator.is_not, qdq))
+        if consumer is not None and any(not isinstance(module_of(gm, c), nn.Identity) for c in chain):
+            insert_qdq(node, consumer)  # DQ→Conv→Q, then DQ→op→Q: ORT drops a ReLU before a Q at zero point 0
+    for node, layer in layers.items():  # already DQ(Q(x)) with the same parameters: no second pair
+        qdq = _qdq_node(gm, node.args[0]) if node.args else None
+        layer.requantize = layer.input is not None and (qdq is None or qdq.args != layer.input.args)
+    for node in list(
+        gm.graph.nodes
+    ):  # an add reads DQ(x) directly: ORT fuses DQ,DQ → Add → Q into QLinearAdd
+        if is_add(node):
+            for arg in node.args[:2]:
+                direct = arg  # identities vanish from the ONNX graph
+                while isinstance(module_of(gm, direct), nn.Identity):
+                    direct = direct.args[0]
+                qdq = _qdq_node(gm, walk_back(gm, arg))
+                if qdq is not None and _qdq_node(gm, direct) is None:
+                    insert_qdq(arg, qdq, only=node)
     gm.graph.lint()
     gm.recompile()
     return gm, int8_out, float_out
@@ -233,6 +256,9 @@ def _float_copy(model: nn.Module) -> nn.Module:
         layer.__class__ = next(b for b in type(layer).__mro__ if b in _PLAIN)  # type: ignore[assignment]
         for slot in ("weight_quantizer", "input_quantizer", "gradient_quantizer"):
             delattr(layer, slot)
+    remove_output_hooks_(plain)
+    for module in plain.modules():
+        module._modules.pop(ATTRIBUTE, None)
     return plain
 
 
@@ -241,9 +267,9 @@ def _float_copy(model: nn.Module) -> nn.Module:
 
 def _to_onnx(module: nn.Module, example: Tensor, opset: int | None) -> Any:
     """The ONNX ``ModelProto`` of ``module`` with a dynamic batch dimension, without per-node debug metadata."""
-    _qd()  # the exporter's registry lists the quantized_decomposed ops only if registered before it starts
     batch = example if example.shape[0] > 1 else torch.cat([example, example])  # size 1 would specialize
-    kwargs: dict[str, Any] = {"dynamo": True, "dynamic_shapes": ({0: torch.export.Dim("batch")},)}
+    kwargs: dict[str, Any] = {"dynamo": True, "dynamic_shapes": ({0: torch.export.Dim("batch")},),
+                              "custom_translation_table": onnx_translations()}  # fmt: skip
     kwargs.update({} if opset is None else {"opset_version": opset})
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -253,6 +279,27 @@ def _to_onnx(module: nn.Module, example: Tensor, opset: int | None) -> Any:
     for node in proto.graph.node:  # stack traces and fx dumps: not needed to run the file
         del node.metadata_props[:]
     del proto.graph.value_info[:]
+    return _short_names(proto)
+
+
+def _short_names(proto: Any) -> Any:
+    """Rename the graph's inner tensors to short ids and drop node names (``layer3.2.conv2.qweight`` → ``t5f``):
+    the same graph in fewer bytes, for the int8 file and its fp32 reference alike."""
+    graph = proto.graph
+    keep = {v.name for v in (*graph.input, *graph.output)}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        return names.setdefault(name, f"t{len(names):x}")
+
+    for tensor in graph.initializer:
+        tensor.name = short(tensor.name)
+    for node in graph.node:
+        node.name = ""
+        node.input[:] = [short(n) for n in node.input]
+        node.output[:] = [short(n) for n in node.output]
     return proto
 
 
@@ -289,9 +336,16 @@ def _ort_node_counts(path: str) -> dict[str, int]:
     return dict(sorted(Counter(n.op_type for n in graph.node).items()))
 
 
-def _auto_weight_dtype() -> str:
-    """``int8`` unless on an x86 CPU without VNNI, where ORT's u8s8 GEMM (VPMADDUBSW) saturates int16 pairs."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+def _auto_weight_dtype(model: nn.Module) -> str:
+    """``int8`` unless on an x86 CPU without VNNI with 8-bit weight codes: there ORT's u8s8 GEMM (VPMADDUBSW)
+    adds two u8·s8 products in a saturating int16 (255·127·2 > 32767), so weights go as uint8 (the slower u8u8
+    kernel). Codes within ±63 (``weight_bits=7``, ORT's ``reduce_range``) cannot saturate: int8 everywhere."""
+    quantizers = [layer.weight_quantizer for layer in quantized_layers(model).values()]
+    ranges = [q.code_range for q in quantizers if q is not None and q.enabled]
+    if all(lo >= -64 and hi <= 63 for lo, hi in ranges) or platform.machine().lower() not in (
+        "x86_64",
+        "amd64",
+    ):
         return "int8"
     flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""  # noqa: SIM115
     return "int8" if any(v in flags for v in ("avx512_vnni", "avx_vnni", "amx_int8")) else "uint8"
@@ -336,8 +390,10 @@ def export_int8_onnx(
 
     Args:
         opset: ONNX opset; None = the exporter's default.
-        weight_dtype: ``int8``, ``uint8`` (see :class:`Int8Export`) or ``auto``: ``uint8`` on an x86 CPU
-            without VNNI (this machine's ``/proc/cpuinfo``), else ``int8``.
+        weight_dtype: ``int8``, ``uint8`` (see :class:`Int8Export`) or ``auto``: ``uint8`` for 8-bit weight
+            codes on an x86 CPU without VNNI (this machine's ``/proc/cpuinfo``), else ``int8``. On such a CPU,
+            QAT with 7-bit weights (``scheme="affine", weight_bits=7``) gives int8 weights that run ORT's faster
+            u8s8 kernels exactly.
         fp32_reference: also write ``<path without .onnx>.fp32.onnx``, the float model, for size and speed.
 
     Raises:
@@ -347,7 +403,7 @@ def export_int8_onnx(
     """
     onnx = _require("onnx")
     _require("onnxscript")
-    weight_dtype = _auto_weight_dtype() if weight_dtype == "auto" else weight_dtype
+    weight_dtype = _auto_weight_dtype(model) if weight_dtype == "auto" else weight_dtype
     if weight_dtype not in ("int8", "uint8"):
         raise ValueError(f"weight_dtype={weight_dtype!r}; allowed: 'int8', 'uint8', 'auto'")
     if not quantized_layers(model):
@@ -355,7 +411,7 @@ def export_int8_onnx(
     work = copy.deepcopy(model).cpu().eval()
     example = example_input.detach().cpu().float()
     folded = fold_batch_norm_(work)
-    deploy, int8_out, float_out = _deploy(work, weight_dtype)
+    deploy, int8_out, float_out = _deploy(copy.deepcopy(work), weight_dtype)
     with torch.no_grad():
         diff = float((deploy(example) - work(example)).abs().max())
     proto = _to_onnx(deploy, example, opset)

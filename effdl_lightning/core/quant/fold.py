@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
@@ -16,6 +15,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from effdl_lightning.core.quant.functions import SCALE_EPS
+from effdl_lightning.core.quant.graph import module_of, move_output_quantizer, trace
 from effdl_lightning.core.quant.modules import is_quantized
 from effdl_lightning.core.quant.quantizers import AffineQuantizer, FakeQuantizer, build_quantizer
 
@@ -24,25 +24,14 @@ __all__ = ["fold_batch_norm_", "module_of", "set_module", "trace_with_quantized_
 log = logging.getLogger(__name__)
 
 
-class _LeafTracer(fx.Tracer):
-    """An fx tracer that keeps the quantized twins and fake quantizers as leaves (called, not inlined)."""
-
-    def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
-        return is_quantized(m) or isinstance(m, FakeQuantizer) or super().is_leaf_module(m, qualified_name)
-
-
 def trace_with_quantized_leaves(model: nn.Module) -> fx.GraphModule:
-    """``torch.fx`` trace of ``model`` with quantized layers and fake quantizers kept as leaf modules."""
-    try:
-        graph = _LeafTracer().trace(model)
-    except Exception as err:  # fx raises many types on untraceable Python
-        raise ValueError(f"{type(model).__name__} is not torch.fx-traceable: {err!r}") from err
-    return fx.GraphModule(model, graph)
+    """``torch.fx`` trace of ``model`` with quantized layers and fake quantizers kept as leaf modules (output
+    quantizers of graph-level sites as ``call_module`` nodes after their host).
 
-
-def module_of(gm: fx.GraphModule, node: Any) -> nn.Module | None:
-    ok = isinstance(node, fx.Node) and node.op == "call_module"
-    return gm.get_submodule(str(node.target)) if ok else None
+    Raises:
+        ValueError: ``model`` is not fx-traceable.
+    """
+    return trace(model, is_quantized)[0]
 
 
 def set_module(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -129,6 +118,8 @@ def fold_batch_norm_(model: nn.Module) -> list[tuple[str, str]]:
         if reason:
             log.info("fold_batch_norm_: %s -> %s not folded: %s", prev.target, node.target, reason)
             continue
-        set_module(model, str(node.target), nn.Identity())
+        identity = nn.Identity()
+        move_output_quantizer(bn, identity)
+        set_module(model, str(node.target), identity)
         folded.append((str(prev.target), str(node.target)))
     return folded

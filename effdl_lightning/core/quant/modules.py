@@ -10,6 +10,9 @@ are untouched), plus up to three fake quantizers as submodules:
 * ``gradient_quantizer`` applied to the layer's output: identity forward, quantized gradient backward
   (DoReFa's gradient quantization).
 
+With ``activation_sites="graph"`` (the default for int8/affine on an fx-traceable model) the tensors residual adds
+read and write get one quantizer each, at the module producing them (:mod:`effdl_lightning.core.quant.graph`).
+
 Weights that are exactly zero (pruned) stay exactly zero after fake quantization, whatever the quantizer maps
 zero to (DoReFa's k-bit grid has no zero, binary schemes only ±1): pruning and quantization compose.
 
@@ -30,10 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from effdl_lightning.core.quant.graph import attach_output_quantizers, plan_activation_sites
 from effdl_lightning.core.quant.quantizers import FakeQuantizer, build_quantizer
 from effdl_lightning.core.selection import select_modules
 
 __all__ = [
+    "ACTIVATION_SITES",
     "FIRST_LAST_POLICIES",
     "SCHEMES",
     "QuantConv1d",
@@ -60,6 +65,8 @@ SCHEMES: dict[str, tuple[int, int | None, int | None]] = {
     "binaryconnect": (1, None, None),
     "binarynet": (1, 1, None),
 }
+#: where activations are quantized (see QuantizationConfig.activation_sites)
+ACTIVATION_SITES = ("auto", "inputs", "graph")
 #: what happens to the first / last quantizable layer
 FIRST_LAST_POLICIES = ("quantize", "weights", "full_precision")
 # the papers' choices (issue 6: full precision by default for low-bit schemes "as the papers do"):
@@ -95,6 +102,12 @@ class QuantizationConfig:
             PyTorch's default init bound, so stochastic binarization is not a coin flip at init and an
             optimizer step moves a weight by a useful fraction of its range), or a number (1.0 = the papers'
             formulas literally; then the weights need an init of that scale and a matching learning rate).
+        activation_sites: where activations are quantized (int8/affine schemes): ``inputs`` = each quantized
+            layer's input (any model); ``graph`` = also every tensor a residual add reads or writes, once, where
+            it is produced (:mod:`effdl_lightning.core.quant.graph`; needs a ``torch.fx``-traceable model), so
+            that an int8 runtime adds integers and keeps the convs around the add in int8; ``auto`` = ``graph``
+            for the int8/affine schemes with quantized activations when the model traces (``inputs`` with a
+            logged warning when it does not), else ``inputs``.
     """
 
     scheme: str = "int8"
@@ -106,6 +119,7 @@ class QuantizationConfig:
     first_layer: str | None = None
     last_layer: str | None = None
     binary_scale: str | float = "glorot"
+    activation_sites: str = "auto"
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -137,6 +151,23 @@ class QuantizationConfig:
             raise ValueError(f"binary_scale={scale!r}; allowed: 'glorot' or a number > 0")
         if self.stochastic and self.scheme != "binaryconnect":
             raise ValueError(f"stochastic applies to the binaryconnect scheme, not {self.scheme!r}")
+        if self.activation_sites not in ACTIVATION_SITES:
+            raise ValueError(f"activation_sites={self.activation_sites!r}; allowed: {ACTIVATION_SITES}")
+        if self.activation_sites == "graph" and (self.scheme not in ("int8", "affine") or a is None):
+            raise ValueError(
+                f"activation_sites='graph' needs the int8/affine schemes with quantized activations, not scheme "
+                f"{self.scheme!r} with activation_bits={a}"
+            )
+
+    def graph_sites(self) -> bool | None:
+        """True: graph-level sites; False: layer inputs; None: graph if the model traces (``auto``)."""
+        if (
+            self.activation_sites == "inputs"
+            or self.scheme not in ("int8", "affine")
+            or self.bits()[1] is None
+        ):
+            return False
+        return True if self.activation_sites == "graph" else None
 
     def bits(self) -> tuple[int, int | None, int | None]:
         """(weight, activation, gradient) bits after defaults; ``None`` = full precision."""
@@ -346,19 +377,45 @@ def quantize_(
         quantizers = config.layer_quantizers(module, policy)
         if quantizers:
             plan[name] = quantizers
-    entry = {"kind": "quantize", "config": asdict(config), "layers": plan}
+    outputs = _graph_outputs(model, config, plan)
+    entry = {"kind": "quantize", "config": asdict(config), "layers": plan, "outputs": outputs}
     apply_quantization_entry(model, entry)
     return entry
 
 
+def _graph_outputs(
+    model: nn.Module, config: QuantizationConfig, plan: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Graph-level sites (``config.activation_sites``): ``{host path: quantizer config}``; drops the input
+    quantizers of layers whose input is hosted (edits ``plan``)."""
+    graph = config.graph_sites()
+    if graph is False:
+        return {}
+    try:
+        hosts, hosted = plan_activation_sites(model, set(plan))
+    except ValueError as err:
+        if graph:
+            raise
+        log.warning("quantize_: activation_sites='auto' falls back to layer inputs: %s", err)
+        return {}
+    act = next((q["input"] for q in plan.values() if "input" in q), None)
+    if act is None:
+        return {}
+    for name in hosted:
+        plan[name].pop("input", None)
+    return {path: dict(act) for path in hosts}
+
+
 def apply_quantization_entry(model: nn.Module, entry: Mapping[str, Any]) -> None:
-    """Replay a ``kind="quantize"`` record entry: swap the named layers with the recorded quantizers."""
+    """Replay a ``kind="quantize"`` record entry: swap the named layers with the recorded quantizers and attach
+    the recorded output quantizers (``"outputs"``, graph-level sites)."""
     for name, quantizers in entry["layers"].items():
         try:
             module = model.get_submodule(name)
         except AttributeError as err:
             raise ValueError(f"the record quantizes {name!r}, which this model does not have") from err
         _swap(module, name, quantizers)
+    attach_output_quantizers(model, entry.get("outputs") or {})
 
 
 def freeze_ranges_(model: nn.Module, frozen: bool = True) -> int:
