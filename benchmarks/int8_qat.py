@@ -1,15 +1,16 @@
 """int8 quantization-aware training (Jacob et al., arXiv 1712.05877) and its real int8 deployment.
 
 For ResNet-20 and MobileNetV2 (width 0.5, small-input stem) on the MNIST subset (1×28×28), per seed: one fp32
-pre-training of ``--pre-epochs``, then two arms from the same weights with the same fine-tune budget
-(``--ft-epochs``, SGD + cosine from ``FT_LR``): **fp32** (plain fine-tune) and **QAT**
-(``QuantizationAwareTraining()``: per-channel symmetric int8 weights, per-tensor uint8 inputs of every conv and
-linear; ranges and batch-norm statistics frozen for the last fine-tune epoch). The QAT model is then exported
-by :func:`effdl_lightning.export.export_int8_onnx` (BN folded, int8 weights + scales, QDQ graph) and run by
-ONNX Runtime on its int8 kernels: its test accuracy, its agreement with the fake-quantized model, its file size
-against the fp32 ONNX file of the same network. Latency (seed 0): the fp32 model on eager PyTorch,
-``torch.compile`` and ONNX Runtime against the int8 ONNX Runtime model, at batch 1 and 64, 1 thread,
-interleaved; speedup against the fastest fp32 runtime.
+pre-training of ``--pre-epochs``, then three arms from the same weights with the same fine-tune budget
+(``--ft-epochs``, SGD + cosine from ``FT_LR``): **fp32** (plain fine-tune), **W8A8** (``QuantizationAwareTraining()``:
+per-channel symmetric int8 weights, uint8 activations at every conv/linear input and around every residual add)
+and **W7A8** (the same with 7-bit weight codes, which ONNX Runtime's u8s8 kernels take without int16
+saturation on x86 CPUs without VNNI); ranges and batch-norm statistics frozen for the last fine-tune epoch.
+Each QAT model is exported by :func:`effdl_lightning.export.export_int8_onnx` (BN folded, int8 weights +
+scales, QDQ graph) and run by ONNX Runtime on its int8 kernels: its test accuracy, its agreement with the
+fake-quantized model, its file size against the fp32 ONNX file of the same network. Latency (seed 0): the fp32
+model on eager PyTorch, ``torch.compile`` and ONNX Runtime against both int8 ONNX Runtime models, at batch 1
+and 64, 1 thread, interleaved; speedup against the fastest fp32 runtime.
 
 Run: ``python -m benchmarks --only int8_qat`` (about 30 minutes on 2 cores; needs the ``bench`` extra for
 ONNX Runtime); ``--quick`` writes ``int8_qat_quick.*``; finished runs are kept in ``int8_qat_runs.jsonl``
@@ -57,6 +58,9 @@ MODELS: dict[str, dict[str, Any]] = {"resnet20": {}, "mobilenet_v2": {"width_mul
 PRE_LR = {"resnet20": 0.1, "mobilenet_v2": 0.05}
 FT_LR = 0.01
 BATCHES = (1, 64)
+# the QAT arms: int8 (W8A8) and W7A8, whose weight codes (within ±63) run ORT's u8s8 kernels without the int16
+# saturation that makes the exporter store 8-bit codes as uint8 (the slower u8u8 kernels) on x86 without VNNI
+VARIANTS: dict[str, dict[str, Any]] = {"w8a8": {}, "w7a8": {"scheme": "affine", "weight_bits": 7}}
 
 
 def module_for(model: nn.Module, lr: float, epochs: int) -> ClassificationModule:
@@ -102,26 +106,31 @@ def run_one(name: str, seed: int, pre: int, ft: int, quick: bool, workdir: str) 
     model = create(name, num_classes=10, input_shape=SHAPE, **MODELS[name])
     fit(module_for(model, PRE_LR[name], pre), dm, pre, limit, [])
     arms = {}
-    for arm in ("fp32", "qat"):
-        seed_all(seed + 1000)  # the same batches for both arms
+    for arm in ("fp32", *VARIANTS):
+        seed_all(seed + 1000)  # the same batches for every arm
         module = module_for(copy.deepcopy(model), FT_LR, ft)
-        qat = QuantizationAwareTraining(freeze_ranges_epoch=ft - 1, freeze_bn_epoch=ft - 1)
-        fit(module, dm, ft, limit, [qat] if arm == "qat" else [])
+        options = VARIANTS.get(arm, {})
+        qat = QuantizationAwareTraining(freeze_ranges_epoch=ft - 1, freeze_bn_epoch=ft - 1, **options)
+        fit(module, dm, ft, limit, [qat] if arm != "fp32" else [])
         arms[arm] = module.model.eval()
     test = dm.test_dataloader()
-    row: dict[str, Any] = {"model": name, "seed": seed, "pre_epochs": pre, "ft_epochs": ft}
+    row: dict[str, Any] = {"model": name, "seed": seed, "pre_epochs": pre, "ft_epochs": ft, "variants": {}}
     row["acc_fp32"] = accuracy(arms["fp32"], test)
-    row["acc_qat_fake"] = accuracy(arms["qat"], test)
-    path = Path(workdir) / f"{name}_{seed}.onnx"
-    export = export_int8_onnx(arms["qat"], torch.randn(2, *SHAPE), path)
-    session = load_int8_session(path, threads=1)
-    row["acc_int8_ort"] = accuracy(partial(run_int8, session), test)
-    row["agreement"] = int8_agreement(arms["qat"], session, test)
-    row["int8_bytes"], row["fp32_onnx_bytes"] = export.size_bytes, export.fp32_size_bytes
-    row["int8_nodes"], row["fp32_nodes"] = export.node_counts, export.fp32_node_counts
-    row["weight_dtype"] = export.weight_dtype
-    row["float_output_layers"] = export.float_output_layers
-    row["int8_output_layers"] = len(export.int8_output_layers)
+    for arm in VARIANTS:
+        path = Path(workdir) / f"{name}_{seed}_{arm}.onnx"
+        export = export_int8_onnx(arms[arm], torch.randn(2, *SHAPE), path)
+        session = load_int8_session(path, threads=1)
+        row["variants"][arm] = {
+            "acc_qat_fake": accuracy(arms[arm], test),
+            "acc_int8_ort": accuracy(partial(run_int8, session), test),
+            "agreement": int8_agreement(arms[arm], session, test),
+            "int8_bytes": export.size_bytes,
+            "int8_nodes": export.node_counts,
+            "weight_dtype": export.weight_dtype,
+            "float_output_layers": export.float_output_layers,
+            "int8_output_layers": len(export.int8_output_layers),
+        }
+        row["fp32_onnx_bytes"], row["fp32_nodes"] = export.fp32_size_bytes, export.fp32_node_counts
     row["params"] = sum(p.numel() for p in arms["fp32"].parameters())
     row["seconds"] = time.perf_counter() - start
     torch.save(arms["fp32"].state_dict(), Path(workdir) / f"{name}_{seed}_fp32.pt")
@@ -157,8 +166,11 @@ def latency(name: str, workdir: str, rounds: int) -> dict[str, Any]:
             variants["fp32 torch.compile"] = compiled
         except Exception as error:  # a runtime that does not work here is a result, not a crash
             out["notes"]["fp32 torch.compile"] = f"{type(error).__name__}: {error}"[:300]
-        variants["fp32 ONNX Runtime"] = partial(run_int8, session(Path(workdir) / f"{name}_0.fp32.onnx"))
-        variants["int8 ONNX Runtime"] = partial(run_int8, session(Path(workdir) / f"{name}_0.onnx"))
+        variants["fp32 ONNX Runtime"] = partial(run_int8, session(Path(workdir) / f"{name}_0_w8a8.fp32.onnx"))
+        for arm in VARIANTS:
+            variants[f"{arm} ONNX Runtime"] = partial(
+                run_int8, session(Path(workdir) / f"{name}_0_{arm}.onnx")
+            )
         with torch.inference_mode():
             begin = time.perf_counter()
             model(x)
@@ -169,8 +181,10 @@ def latency(name: str, workdir: str, rounds: int) -> dict[str, Any]:
         fp32 = [k for k in ms if k.startswith("fp32")]
         best = min(fp32, key=lambda k: ms[k]["median"])
         cell = {"batch": batch, "inner": inner, "rounds": rounds, "ms": ms, "best_fp32": best}
-        cell["speedup_vs_best_fp32"] = ms[best]["median"] / ms["int8 ONNX Runtime"]["median"]
-        cell["speedup_vs_fp32_ort"] = ms["fp32 ONNX Runtime"]["median"] / ms["int8 ONNX Runtime"]["median"]
+        for arm in VARIANTS:
+            int8 = ms[f"{arm} ONNX Runtime"]["median"]
+            cell[f"speedup_vs_best_fp32_{arm}"] = ms[best]["median"] / int8
+            cell[f"speedup_vs_fp32_ort_{arm}"] = ms["fp32 ONNX Runtime"]["median"] / int8
         out["cells"].append(cell)
         print(
             f"  {name} b{batch}: " + ", ".join(f"{k} {v['median']:.2f} ms" for k, v in ms.items()), flush=True
@@ -182,27 +196,25 @@ def latency(name: str, workdir: str, rounds: int) -> dict[str, Any]:
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for name in MODELS:
-        mine = [r for r in rows if r["model"] == name]
-        if not mine:
-            continue
-        entry: dict[str, Any] = {
-            "model": name,
-            "seeds": [r["seed"] for r in mine],
-            "params": mine[0]["params"],
-        }
-        for key in ("acc_fp32", "acc_qat_fake", "acc_int8_ort"):
-            entry[key] = mean_std(100 * r[key] for r in mine)
-        entry["delta_int8_vs_fp32"] = mean_std(100 * (r["acc_int8_ort"] - r["acc_fp32"]) for r in mine)
-        entry["top1_agreement"] = min(r["agreement"]["top1_agreement"] for r in mine)
-        entry["max_abs_diff"] = max(r["agreement"]["max_abs_diff"] for r in mine)
-        entry["ref_max_abs"] = min(r["agreement"]["ref_max_abs"] for r in mine)
-        entry["int8_bytes"], entry["fp32_onnx_bytes"] = mine[0]["int8_bytes"], mine[0]["fp32_onnx_bytes"]
-        entry["size_ratio"] = mine[0]["fp32_onnx_bytes"] / mine[0]["int8_bytes"]
-        entry["int8_nodes"], entry["float_output_layers"] = (
-            mine[0]["int8_nodes"],
-            mine[0]["float_output_layers"],
-        )
-        out.append(entry)
+        mine = [r for r in rows if r["model"] == name and "variants" in r]
+        for arm in VARIANTS if mine else ():
+            runs = [r["variants"][arm] for r in mine]
+            entry: dict[str, Any] = {"model": name, "arm": arm, "seeds": [r["seed"] for r in mine]}
+            entry["params"] = mine[0]["params"]
+            entry["acc_fp32"] = mean_std(100 * r["acc_fp32"] for r in mine)
+            for key in ("acc_qat_fake", "acc_int8_ort"):
+                entry[key] = mean_std(100 * r[key] for r in runs)
+            entry["delta_int8_vs_fp32"] = mean_std(
+                100 * (v["acc_int8_ort"] - r["acc_fp32"]) for r, v in zip(mine, runs, strict=True)
+            )
+            entry["top1_agreement"] = min(v["agreement"]["top1_agreement"] for v in runs)
+            entry["max_abs_diff"] = max(v["agreement"]["max_abs_diff"] for v in runs)
+            entry["ref_max_abs"] = min(v["agreement"]["ref_max_abs"] for v in runs)
+            entry["int8_bytes"], entry["fp32_onnx_bytes"] = runs[0]["int8_bytes"], mine[0]["fp32_onnx_bytes"]
+            entry["size_ratio"] = mine[0]["fp32_onnx_bytes"] / runs[0]["int8_bytes"]
+            entry["int8_nodes"], entry["weight_dtype"] = runs[0]["int8_nodes"], runs[0]["weight_dtype"]
+            entry["float_output_layers"] = runs[0]["float_output_layers"]
+            out.append(entry)
     return out
 
 
@@ -221,12 +233,17 @@ def markdown(summary: list[dict[str, Any]], timing: list[dict[str, Any]], meta: 
         "",
         "- **Accuracy** = top-1 on the 1,000 test images of the seed's split of the MNIST subset, in %.",
         "- **fp32** = the pre-trained network fine-tuned in fp32; **QAT (fake)** = the same pre-trained network "
-        "fine-tuned with `QuantizationAwareTraining()` with the same budget, evaluated in PyTorch with fake "
-        "quantization; **int8 (ORT)** = that model exported by `export_int8_onnx` and run by ONNX Runtime's int8 "
-        "kernels (the deployed model).",
+        "fine-tuned with the same budget with `QuantizationAwareTraining()` (**W8A8**: int8, per-channel "
+        "symmetric 8-bit weights, uint8 activations at every layer input and around every residual add) or "
+        "`QuantizationAwareTraining(scheme='affine', weight_bits=7)` (**W7A8**: weight codes within ±63), "
+        "evaluated in PyTorch with fake quantization; **int8 (ORT)** = that model exported by `export_int8_onnx` "
+        "and run by ONNX Runtime's int8 kernels (the deployed model). 'weights stored' = the exporter's weight "
+        "dtype on this CPU: uint8 for 8-bit codes on x86 without VNNI (u8u8 kernels; u8s8 would saturate), int8 "
+        "for 7-bit codes (u8s8 kernels, exact).",
         "- **Agreement** = fraction of test images whose int8 ORT top-1 equals the fake-quantized model's; max "
         "|Δ logit| against the largest |logit|.",
-        "- **Storage** = bytes of the ONNX file (int8 weights + per-channel scales + int32/float biases, graph); "
+        "- **Storage** = bytes of the ONNX file (int8 weights + per-channel scales and zero points + float conv "
+        "biases, int32 linear biases, activation scales, graph); "
         "fp32 = the ONNX file of the same (BN-folded) network in float32.",
         f"- {DEFINITIONS['timing']} Speedup = median of the fastest fp32 runtime / median of int8 ORT.",
         f"- {DEFINITIONS['seeds']}",
@@ -238,7 +255,8 @@ def markdown(summary: list[dict[str, Any]], timing: list[dict[str, Any]], meta: 
         "## Accuracy and storage",
         "",
     ]
-    header = ["model", "params", "fp32 (%)", "QAT fake (%)", "int8 ORT (%)", "Δ int8 − fp32 (pts)"]
+    header = ["model", "QAT", "weights stored", "params", "fp32 (%)", "QAT fake (%)", "int8 ORT (%)"]
+    header += ["Δ int8 − fp32 (pts)"]
     header += [
         "top-1 agreement (min)",
         "max |Δ logit| / max |logit|",
@@ -249,6 +267,8 @@ def markdown(summary: list[dict[str, Any]], timing: list[dict[str, Any]], meta: 
     rows = [
         [
             s["model"],
+            s["arm"].upper(),
+            s["weight_dtype"],
             f"{s['params']:,}",
             _pm(s["acc_fp32"]),
             _pm(s["acc_qat_fake"]),
@@ -266,21 +286,30 @@ def markdown(summary: list[dict[str, Any]], timing: list[dict[str, Any]], meta: 
     lines += ["", "ORT-optimized int8 graphs (node types) and the layers whose output stays float:", ""]
     for s in summary:
         nodes = ", ".join(f"{k} {v}" for k, v in sorted(s["int8_nodes"].items()))
-        lines.append(f"- {s['model']}: {nodes}; float outputs: {len(s['float_output_layers'])}")
+        floats = ", ".join(s["float_output_layers"]) or "none"
+        lines.append(f"- {s['model']} {s['arm'].upper()}: {nodes}; float outputs: {floats}")
     if timing:
         lines += ["", "## Latency (1 thread, seed-0 models)", ""]
         t_rows = []
         for t in timing:
             for c in t["cells"]:
                 ms = c["ms"]
+                keys = (
+                    "fp32 eager",
+                    "fp32 torch.compile",
+                    "fp32 ONNX Runtime",
+                    *(f"{a} ONNX Runtime" for a in VARIANTS),
+                )
                 t_rows.append(
                     [t["model"], c["batch"]]
                     + [f"{ms[k]['median']:.3f} ({ms[k]['p25']:.3f}–{ms[k]['p75']:.3f})" if k in ms else "—"
-                       for k in ("fp32 eager", "fp32 torch.compile", "fp32 ONNX Runtime", "int8 ONNX Runtime")]
-                    + [c["best_fp32"], f"{c['speedup_vs_best_fp32']:.2f}×", f"{c['speedup_vs_fp32_ort']:.2f}×"]
+                       for k in keys]
+                    + [c["best_fp32"]]
+                    + [f"{c[f'speedup_vs_best_fp32_{a}']:.2f}×" for a in VARIANTS]
                 )  # fmt: skip
-        header = ["model", "batch", "fp32 eager ms", "fp32 compile ms", "fp32 ORT ms", "int8 ORT ms"]
-        lines += md_table([*header, "fastest fp32", "int8 vs fastest fp32", "int8 vs fp32 ORT"], t_rows)
+        header = ["model", "batch", "fp32 eager ms", "fp32 compile ms", "fp32 ORT ms"]
+        header += [f"{a.upper()} int8 ORT ms" for a in VARIANTS] + ["fastest fp32"]
+        lines += md_table([*header, *(f"{a.upper()} vs fastest fp32" for a in VARIANTS)], t_rows)
         notes = {k: v for t in timing for k, v in t["notes"].items()}
         if notes:
             lines += ["", "Runtimes left out: " + "; ".join(f"{k}: {v}" for k, v in notes.items())]
@@ -325,12 +354,13 @@ def main(argv: list[str] | None = None) -> None:
     tmp = str(args.workdir / ("quick" if args.quick else "full"))
     Path(tmp).mkdir(parents=True, exist_ok=True)
     if args.part == "all":
+        done = [r for r in done if "variants" in r]  # rows of the older single-arm format are rerun
         todo = [j for j in jobs if not any((r["model"], r["seed"]) == j for r in done)]
         # the latency part needs the seed-0 files: retrain seed 0 when they are missing
         todo += [
             (m, 0)
             for m in models
-            if 0 in seeds and (m, 0) not in todo and not (Path(tmp) / f"{m}_0.onnx").exists()
+            if 0 in seeds and (m, 0) not in todo and not (Path(tmp) / f"{m}_0_w8a8.onnx").exists()
         ]
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=max(1, args.workers), mp_context=context) as pool:
@@ -341,9 +371,9 @@ def main(argv: list[str] | None = None) -> None:
                     done.append(row)
                     with log.open("a") as handle:
                         handle.write(json.dumps(row) + "\n")
+                accs = {a: (v["acc_qat_fake"], v["acc_int8_ort"]) for a, v in row["variants"].items()}
                 print(
-                    {k: row[k] for k in ("model", "seed", "acc_fp32", "acc_qat_fake", "acc_int8_ort")},
-                    flush=True,
+                    {"model": row["model"], "seed": row["seed"], "fp32": row["acc_fp32"], **accs}, flush=True
                 )
     rows = [r for r in done if (r["model"], r["seed"]) in jobs]
     timing = [latency(m, tmp, 5 if args.quick else args.rounds) for m in models if 0 in seeds]
