@@ -13,8 +13,19 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from effdl_lightning.measure import register_macs_rule
+from effdl_lightning.models.condconv import CondConv2d, condconv_macs, replace_convs_with_condconv_
 
 log = logging.getLogger(__name__)
+
+register_macs_rule(CondConv2d, condconv_macs)
+
+#: optional keys of the `model` config that are not constructor arguments: `+model.conv=condconv` swaps every
+#: nn.Conv2d for a CondConv2d with `model.conv_experts` experts (default 4) after the model is built
+CONV_KEYS = ("conv", "conv_experts")
+CONV_CHOICES = (None, "conv", "condconv")
 
 #: ``conf/`` of a source checkout (where ``train.py`` lives)
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -98,12 +109,34 @@ def _init_parameters(conf: DictConfig) -> set[str]:
         return set()
 
 
+def instantiate_model(node: DictConfig) -> nn.Module:
+    """Build the network of a ``model`` config, then apply its optional ``conv`` switch (:data:`CONV_KEYS`).
+
+    ``conv: condconv`` replaces every ``nn.Conv2d`` by a ``CondConv2d`` (arXiv 1904.04971) with
+    ``conv_experts`` experts, computing the same outputs at the swap; ``conv: null`` or ``conv`` keeps the
+    plain convolutions.
+    """
+    if not any(key in node for key in CONV_KEYS):
+        return instantiate(node, _convert_="all")
+    spec = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(spec, dict)
+    conv = spec.pop("conv", None)
+    experts = spec.pop("conv_experts", 4)
+    if conv not in CONV_CHOICES:
+        raise ValueError(f"`model.conv` must be one of {CONV_CHOICES}; got {conv!r}")
+    model: nn.Module = instantiate(spec, _convert_="all")
+    if conv == "condconv":
+        swapped = replace_convs_with_condconv_(model, num_experts=int(experts))
+        log.info("model.conv=condconv: %d Conv2d layers -> CondConv2d (%d experts)", len(swapped), experts)
+    return model
+
+
 def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
     """Instantiate datamodule, model, LightningModule, callbacks (compression last), loggers and trainer."""
     # _convert_="all": objects receive plain lists and dicts, never OmegaConf containers (which would end up
     # in checkpoints' hyper-parameters and break loading them with weights_only=True)
     datamodule: pl.LightningDataModule = instantiate(cfg.data, _convert_="all")
-    model = instantiate(cfg.model, _convert_="all")
+    model = instantiate_model(cfg.model)
     # the network is the module's `model`, or its `student` for a distillation module
     network_arg = "student" if "student" in _init_parameters(cfg.module) else "model"
     module: pl.LightningModule = instantiate(cfg.module, **{network_arg: model}, _convert_="all")

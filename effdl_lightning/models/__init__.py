@@ -4,11 +4,13 @@ Importing this package imports every architecture module, which registers its mo
 """
 
 from effdl_lightning.models.cnn1d import CNN1D
+from effdl_lightning.models.condconv import CondConv2d, replace_convs_with_condconv_
 from effdl_lightning.models.efficientnet import EfficientNet
 from effdl_lightning.models.lenet import LeNet5, LeNet300100
 from effdl_lightning.models.mlp import MLP
 from effdl_lightning.models.mnasnet import MnasNetA1
 from effdl_lightning.models.mobilenet import MobileNetV1, MobileNetV2
+from effdl_lightning.models.msdnet import MSDNet
 from effdl_lightning.models.registry import ModelEntry, create, get_model_entry, list_models, register_model
 from effdl_lightning.models.resnet1d import ResNet1D
 from effdl_lightning.models.resnet_cifar import BasicBlock, ResNetCifar
@@ -19,9 +21,11 @@ __all__ = [
     "CNN1D",
     "MLP",
     "BasicBlock",
+    "CondConv2d",
     "EfficientNet",
     "LeNet5",
     "LeNet300100",
+    "MSDNet",
     "MnasNetA1",
     "MobileNetV1",
     "MobileNetV2",
@@ -35,4 +39,5 @@ __all__ = [
     "get_model_entry",
     "list_models",
     "register_model",
+    "replace_convs_with_condconv_",
 ]

@@ -2,5 +2,7 @@
 
 from effdl_lightning.modules.classification import ClassificationModule
 from effdl_lightning.modules.distillation import DistillationModule
+from effdl_lightning.modules.early_exit import EarlyExitModule
+from effdl_lightning.modules.skipnet import SkipNetModule
 
-__all__ = ["ClassificationModule", "DistillationModule"]
+__all__ = ["ClassificationModule", "DistillationModule", "EarlyExitModule", "SkipNetModule"]
