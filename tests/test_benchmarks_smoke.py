@@ -85,3 +85,102 @@ def test_quantization_benchmarks_quick(tmp_path: Path, name: str) -> None:
         assert quantized and all(r["all_levels"] and r["quantized_fraction"] == 1.0 for r in quantized)
         assert all(r["max_distinct"] <= 2 ** (r["bits"] - 1) + 1 for r in quantized)
     assert "## Definitions" in (tmp_path / f"{name}_quick.md").read_text()
+
+
+def test_distillation_quick(tmp_path: Path) -> None:
+    from benchmarks import distillation
+
+    distillation.main(["--quick", "--out", str(tmp_path)])
+    for suffix in ("json", "md", "png"):
+        assert (tmp_path / f"distillation_quick.{suffix}").stat().st_size > 0
+    assert not (tmp_path / "distillation.json").exists()  # quick runs never write the real results
+    result = json.loads((tmp_path / "distillation_quick.json").read_text())
+    runs = result["runs"]
+    assert result["meta"]["quick"] and all(0.0 <= r["test_acc"] <= 1.0 for r in runs)
+    # 2 teachers; Hinton: 2 students x (alone + 2 temperatures); MNIST-1D: 5 arms; FitNets: 3 arms
+    assert len(runs) == 2 + 2 * 3 + 5 + 3
+    arms = {(r["part"], r["arm"]): r for r in runs}
+    assert arms[("hinton", "alone")]["loss_terms"] == {}  # the baseline is the same module without terms
+    assert set(arms[("mnist1d", "AT β=100")]["loss_terms"]) == {"at"}
+    assert arms[("fitnets", "FitNets+KD")]["stage1_epochs"] == 1
+    summary = result["summary"]
+    assert summary["hinton"]["2×800"]["temps"] == [2.0, 20.0]
+    assert set(summary["acceptance"]) == {
+        "hinton_gap_closed",
+        "hinton_small_prefers_lower_T",
+        "mnist1d_AT_improves",
+        "mnist1d_KD_improves",
+        "fitnets_ge_kd",
+    }
+    md = (tmp_path / "distillation_quick.md").read_text()
+    assert "## Definitions" in md and "## Acceptance (issue 8)" in md and "Reproduce:" in md
+
+
+def test_low_rank_quick(tmp_path: Path) -> None:
+    from benchmarks import low_rank
+
+    low_rank.main(["--quick", "--out", str(tmp_path)])
+    for suffix in ("json", "md", "png"):
+        assert (tmp_path / f"low_rank_quick.{suffix}").stat().st_size > 0
+    assert not (tmp_path / "low_rank.json").exists()  # quick runs never write the real results
+    result = json.loads((tmp_path / "low_rank_quick.json").read_text())
+    assert result["meta"]["quick"] and set(result["models"]) == {"cnn", "mlp"}
+    for key, data in result["models"].items():
+        summary = data["summary"]
+        methods = low_rank.CNN_METHODS if key == "cnn" else low_rank.MLP_METHODS
+        greedy = [v for v in summary["variants"] if v["rule"] == "greedy"]
+        assert sorted(v["method"] for v in greedy) == sorted(methods)
+        for v in summary["variants"]:
+            assert v["macs_fraction"]["mean"] <= v["budget"] + 1e-9  # every variant keeps its MAC budget
+            assert 0.0 <= v["acc_before"]["mean"] <= 1.0 and v["logits_err"]["mean"] >= 0.0
+            assert v["ranks_seed0"] and ("acc_after" in v) == v["finetune"]
+        for rule in low_rank.UNIFORM_RULES:  # the uniform-ratio controls, over all layers and inner ones
+            uniform = {v["method"] for v in summary["variants"] if v["rule"] == rule}
+            assert uniform == set(low_rank.UNIFORM) & set(methods)
+    for lat in result["latency"]:
+        assert [c["batch"] for c in lat["cells"]] == [1, 64]
+        for c in lat["cells"]:
+            assert set(c["vs_best_dense"]) == set(lat["kinds"])
+            for q in c["ms"].values():
+                assert q["p25"] <= q["median"] <= q["p75"]
+    md = (tmp_path / "low_rank_quick.md").read_text()
+    assert "## Definitions" in md and "asymmetric" in md and "uptime" in md
+
+
+def test_dynamic_inference_quick(tmp_path: Path) -> None:
+    from benchmarks import dynamic_inference as di
+
+    di.main(["--quick", "--out", str(tmp_path), "--workdir", str(tmp_path / "models")])
+    for suffix in ("json", "md", "png"):
+        assert (tmp_path / f"dynamic_inference_quick.{suffix}").stat().st_size > 0
+    assert not (tmp_path / "dynamic_inference.json").exists()  # quick runs never write the real results
+    result = json.loads((tmp_path / "dynamic_inference_quick.json").read_text())
+    assert result["meta"]["quick"] and result["meta"]["seeds"] == [0]
+    assert set(result["meta"]["parts"]) == set(di.PARTS)
+    assert {r["part"] for r in result["runs"]} == set(di.PARTS)
+    assert all(r["seed"] == 0 and 0.0 <= r["test_acc"] <= 1.0 for r in result["runs"])
+    # (1) early exits: every exit, the whole budget sweep, the independent baselines, an operating point, timing
+    ee = result["early_exit"]["summary"]
+    assert ee["seeds"] == [0] and [e["exit"] for e in ee["exits"]] == [1, 2, 3]
+    assert [e["macs"] for e in ee["exits"]] == sorted(e["macs"] for e in ee["exits"])
+    assert len(ee["curve"]) == 40 and [b["blocks"] for b in ee["baselines"]] == list(di.BASELINE_BLOCKS)
+    (point,) = ee["operating_points"]
+    assert len(point["thresholds"]) == 2 and point["seed"] == 0
+    timing = result["early_exit"]["timing"]
+    assert set(timing["ms"]) == {di.EE_VARIANT, di.WHOLE, di.WHOLE_ALL}  # no compile in --quick
+    assert set(timing["speedup"]) == {di.WHOLE, di.WHOLE_ALL}
+    assert timing["agreement"] >= 0.99 and sum(timing["exit_fractions"]) == pytest.approx(1.0)
+    # (2) SkipNet: the ungated baseline and the three skip rewards
+    skip = {r["arm"]: r for r in result["skipnet"]["summary"]["rows"]}
+    assert set(skip) == {di.UNGATED, *(di.skip_arm(a) for a in di.ALPHAS)}
+    assert skip[di.UNGATED]["gates"] == 0 and all(r["gates"] == 7 for a, r in skip.items() if a != di.UNGATED)
+    assert all(0.0 <= r["skip_ratio"]["mean"] <= 1.0 and r["acc"]["values"] for r in skip.values())
+    assert set(result["skipnet"]["timing"]["speedup"]) == set(skip) - {di.UNGATED}
+    # (3) CondConv against the static CNN of the same widths and the one widened to its MACs
+    cond = {r["arm"]: r for r in result["condconv"]["summary"]["rows"]}
+    assert set(cond) == {di.CONDCONV, di.STATIC, di.WIDE}
+    assert cond[di.STATIC]["macs"] < cond[di.CONDCONV]["macs"] and cond[di.WIDE]["widths"][0] > 32
+    assert set(result["condconv"]["timing"]["ms"]) == set(cond)
+    md = (tmp_path / "dynamic_inference_quick.md").read_text()
+    for heading in ("## Definitions", "## (1) Early exits", "## (2) SkipNet", "## (3) CondConv"):
+        assert heading in md
