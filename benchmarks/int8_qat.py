@@ -193,6 +193,25 @@ def latency(name: str, workdir: str, rounds: int) -> dict[str, Any]:
     return out
 
 
+def storage_breakdown(path: Path) -> dict[str, Any]:
+    """Where the bytes of an int8 ONNX file and of its fp32 reference go: weight tensors (≥ 2-D), 1-D tensors
+    (per-channel scales, zero points, biases), scalars and shapes, and the rest (graph nodes, names, headers)."""
+    import onnx
+
+    out: dict[str, Any] = {}
+    for kind, file in (("int8", path), ("fp32", path.with_name(path.name[: -len(".onnx")] + ".fp32.onnx"))):
+        graph = onnx.load(file).graph
+        parts = {"weights": 0, "per-channel vectors": 0, "scalars and shapes": 0}
+        for tensor in graph.initializer:
+            key = "weights" if len(tensor.dims) >= 2 else "per-channel vectors" if tensor.dims else ""
+            key = key if key and not (len(tensor.dims) == 1 and tensor.dims[0] <= 4) else "scalars and shapes"
+            parts[key] += len(tensor.raw_data)
+        total = file.stat().st_size
+        parts["graph, names, headers"] = total - sum(parts.values())
+        out[kind] = {"total": total, **parts}
+    return out
+
+
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for name in MODELS:
@@ -288,6 +307,18 @@ def markdown(summary: list[dict[str, Any]], timing: list[dict[str, Any]], meta: 
         nodes = ", ".join(f"{k} {v}" for k, v in sorted(s["int8_nodes"].items()))
         floats = ", ".join(s["float_output_layers"]) or "none"
         lines.append(f"- {s['model']} {s['arm'].upper()}: {nodes}; float outputs: {floats}")
+    storage = meta.get("storage") or {}
+    if storage:
+        lines += ["", "Where the bytes go (seed-0 files; the W7A8 files have the same layout):", ""]
+        s_rows = []
+        for name, kinds in storage.items():
+            parts = [k for k in kinds["int8"] if k != "total"]
+            for part in ["total", *parts]:
+                ratio = kinds["fp32"][part] / max(1, kinds["int8"][part])
+                s_rows.append(
+                    [name, part, f"{kinds['fp32'][part]:,}", f"{kinds['int8'][part]:,}", f"{ratio:.2f}×"]
+                )
+        lines += md_table(["model", "part", "fp32 file (B)", "int8 file (B)", "fp32 / int8"], s_rows)
     if timing:
         lines += ["", "## Latency (1 thread, seed-0 models)", ""]
         t_rows = []
@@ -336,7 +367,11 @@ def main(argv: list[str] | None = None) -> None:
         help="where the trained seed-0 models and ONNX files are kept for the latency part",
     )
     parser.add_argument(
-        "--part", choices=("all", "latency"), default="all", help="latency: re-time the models in --workdir"
+        "--part",
+        choices=("all", "latency", "report"),
+        default="all",
+        help="latency: re-time the models in --workdir; report: rewrite the md/json from the runs, the last "
+        "timing and the files in --workdir",
     )
     args = parser.parse_args(argv or [])
     quiet()
@@ -376,13 +411,23 @@ def main(argv: list[str] | None = None) -> None:
                     {"model": row["model"], "seed": row["seed"], "fp32": row["acc_fp32"], **accs}, flush=True
                 )
     rows = [r for r in done if (r["model"], r["seed"]) in jobs]
-    timing = [latency(m, tmp, 5 if args.quick else args.rounds) for m in models if 0 in seeds]
     summary = summarize(rows)
     import onnxruntime
 
-    meta = {**environment(threads=1), "onnxruntime": onnxruntime.__version__, "seeds": seeds}
-    meta |= {"pre_epochs": pre, "ft_epochs": ft, "seconds": time.perf_counter() - start}
-    meta["command"] = " ".join(["python -m benchmarks --only int8_qat", *(argv or [])])
+    if args.part == "report":  # the timing and meta of the last run, the rows and files as they are now
+        previous = json.loads((Path(args.out) / f"{stem}.json").read_text())
+        timing, meta = previous["timing"], previous["meta"]
+    else:
+        timing = [latency(m, tmp, 5 if args.quick else args.rounds) for m in models if 0 in seeds]
+        meta = {**environment(threads=1), "onnxruntime": onnxruntime.__version__, "seeds": seeds}
+        meta |= {"pre_epochs": pre, "ft_epochs": ft, "seconds": time.perf_counter() - start}
+        meta["command"] = " ".join(["python -m benchmarks --only int8_qat", *(argv or [])])
+    meta["storage"] = {
+        f"{m} {arm.upper()}": storage_breakdown(Path(tmp) / f"{m}_0_{arm}.onnx")
+        for m in models
+        for arm in ("w8a8",)
+        if (Path(tmp) / f"{m}_0_{arm}.onnx").exists()
+    }
     result = {"meta": meta, "summary": summary, "timing": timing, "runs": rows}
     write_results(args.out, stem, result, markdown(summary, timing, meta))
 
