@@ -97,14 +97,15 @@ MLP_METHODS = ("svd", "zhang", "zhang_asymmetric")
 UNIFORM: dict[str, bool] = {"svd": True, "zhang": False, "zhang_asymmetric": True}
 #: the uniform rules: every layer, or every layer but the model's ``edge`` layers (first conv, classifier)
 UNIFORM_RULES = ("uniform", "uniform_inner")
+ROUND_TO = 8  # the channel block of the CPU conv/GEMM kernels (AVX2): the greedy_x8 rule's round_to
 RULE_TEXT = {
     "greedy": "greedy",
+    "greedy_x8": f"greedy, ranks ×{ROUND_TO}",
     "uniform": "uniform (all layers)",
     "uniform_inner": "uniform (edge layers dense)",
 }
 CALIBRATION_BATCHES = 8
 GOAL = 1.5  # speedup at batch 64 at ≤ 0.5× MACs, against the fastest dense runtime
-ROUND_TO = 8  # the channel block of the CPU conv/GEMM kernels (AVX2); timed what-if: ranks rounded to it
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class ModelSpec:
     methods: tuple[str, ...]
     edge: tuple[str, ...]  # left dense by the "uniform_inner" rule
     edge_text: str
+    rounded: bool = False  # also run every greedy variant with ranks on multiples of ROUND_TO ("greedy_x8")
 
 
 MODELS = (
@@ -129,6 +131,7 @@ MODELS = (
         CNN_METHODS,
         ("features.0", "head"),
         "first conv (1 input channel) and classifier",
+        rounded=True,
     ),
     ModelSpec(
         "mlp", "LeNet-300-100", "lenet300", 10, (0.5, 0.25, 0.125), MLP_METHODS, ("fc3",), "classifier"
@@ -182,6 +185,8 @@ def uniform_ratio(
 def config_for(method: str, rule: str, budget: float, ratio: float | None, data_steps: int) -> LowRankConfig:
     if rule == "greedy":
         return LowRankConfig.from_method(method, mac_budget=budget, data_steps=data_steps)
+    if rule == "greedy_x8":
+        return LowRankConfig.from_method(method, mac_budget=budget, round_to=ROUND_TO, data_steps=data_steps)
     assert ratio is not None and method in CHANNEL_METHODS
     return LowRankConfig.from_method(method, rank_ratio=ratio, data_steps=data_steps)
 
@@ -237,6 +242,8 @@ def evaluate(
 def variant_jobs(spec: ModelSpec) -> list[tuple[str, str, float, bool]]:
     """``(rule, method, budget, fine-tune)`` of every variant of ``spec``."""
     jobs = [("greedy", m, b, True) for b in spec.budgets for m in spec.methods]
+    if spec.rounded:
+        jobs += [("greedy_x8", m, b, True) for b in spec.budgets for m in spec.methods]
     for rule in UNIFORM_RULES:
         jobs += [(rule, m, b, ft) for b in spec.budgets for m, ft in UNIFORM.items() if m in spec.methods]
     return jobs
@@ -410,19 +417,20 @@ def latency(
 ) -> dict[str, Any]:
     """Time the seed-0 greedy architectures of every budget against the dense model, 1 thread.
 
-    A what-if is timed too: each ≤ 0.5× architecture with every rank rounded to the nearest multiple of
-    :data:`ROUND_TO` (at least :data:`ROUND_TO`, at most the full rank); its MACs are given, its accuracy is not
-    measured.
+    With ``spec.rounded`` the ``greedy_x8`` architectures (ranks chosen on multiples of :data:`ROUND_TO`, trained
+    and tested in (1)) are timed next to them; otherwise a what-if: each ≤ 0.5× architecture with every rank
+    rounded to the nearest multiple of :data:`ROUND_TO` (at least :data:`ROUND_TO`, at most the full rank), its
+    MACs given, its accuracy not measured.
     """
     torch.manual_seed(0)
     models: dict[str, nn.Module] = {"dense": create(spec.name, num_classes=10, input_shape=MNIST).eval()}
     out: dict[str, Any] = {"model": spec.label, "name": spec.name, "kinds": {}, "notes": {}, "cells": []}
     seen: dict[str, str] = {}
     for v in row0["variants"]:
-        if v["rule"] != "greedy":
+        if v["rule"] not in ("greedy", "greedy_x8"):
             continue
         key = structure(v["entry"])
-        kind = f"{v['method']}@{v['budget']}"
+        kind = f"{v['method']}@{v['budget']}" + ("-x8" if v["rule"] == "greedy_x8" else "")
         if key in seen:  # e.g. jaderberg_data = jaderberg's ranks, zhang_asymmetric = zhang's
             out["kinds"][seen[key]]["same_as"].append(v["method"])
             continue
@@ -431,7 +439,7 @@ def latency(
         apply_low_rank_entry(model, v["entry"])
         models[kind] = model.eval()
         entries = [(kind, v["entry"], None)]
-        if v["budget"] == 0.5:
+        if v["budget"] == 0.5 and not spec.rounded:
             rounded = copy.deepcopy(v["entry"])
             for n, layer in rounded["layers"].items():
                 full = row0_full_rank(v, n)
@@ -445,6 +453,7 @@ def latency(
                 models[name] = model.eval()
             out["kinds"][name] = {
                 "method": v["method"],
+                "rule": v["rule"],
                 "budget": v["budget"],
                 "macs_fraction": macs(models[name]) / macs(models["dense"]),
                 "params_fraction": params(models[name]) / params(models["dense"]),
@@ -520,6 +529,7 @@ def verdicts(result: dict[str, Any]) -> dict[str, Any]:
         "asym_ge_linear": [],
         "greedy_ge_uniform": [],
         "latency": [],
+        "latency_x8": [],
         "latency_rounded": [],
     }
     for spec in MODELS:
@@ -566,7 +576,10 @@ def verdicts(result: dict[str, Any]) -> dict[str, Any]:
             for kind, s in c["vs_best_dense"].items():
                 info = lat["kinds"][kind]
                 if info["budget"] == 0.5:
-                    out["latency" if info.get("rounded_from") is None else "latency_rounded"].append(
+                    group = "latency_rounded" if info.get("rounded_from") else "latency"
+                    if info.get("rule") == "greedy_x8":
+                        group = "latency_x8"
+                    out[group].append(
                         {
                             "model": lat["model"],
                             "kind": kind,
@@ -595,6 +608,22 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             f"- (1) {spec.label}: dense {_pm(summary['dense'])} % (dense + the same fine-tune "
             f"{_pm(summary['dense_ft'])} %); best method after fine-tuning at " + "; ".join(best) + "."
         )
+        if spec.rounded:
+            pairs = [
+                (find(summary, "greedy", m, b), find(summary, "greedy_x8", m, b))
+                for b in _budgets(result, spec)
+                for m in spec.methods
+            ]
+            parts = [
+                f"{g['method']} ≤{g['budget']}× {_pm(g['acc_after'])} → {_pm(x['acc_after'])}"
+                for g, x in pairs
+                if g and x
+            ]
+            if parts:
+                lines.append(
+                    f"- (1) {spec.label}, greedy ranks on multiples of {ROUND_TO} (`round_to={ROUND_TO}`) against "
+                    "free ranks, after fine-tuning (%): " + "; ".join(parts) + "."
+                )
     if v["asym_ge_linear"]:
         entries = v["asym_ge_linear"]
         lines.append(
@@ -634,6 +663,16 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             f"- (4) batch 64, 1 thread, fastest factorized runtime vs fastest dense runtime (goal ≥ {GOAL}×, ✓ = "
             "met): " + "; ".join(parts) + "."
         )
+    if v["latency_x8"]:
+        parts = [
+            f"{e['model']} {e['kind']} ({e['macs_fraction']:.3f}× MACs): **{e['speedup']:.2f}×** "
+            f"({e['best'].split(' ', 1)[1]})" + (" ✓" if e["holds"] else "")
+            for e in v["latency_x8"]
+        ]
+        lines.append(
+            f"- (4) the same at ranks chosen on multiples of {ROUND_TO} (`round_to={ROUND_TO}`, trained and "
+            "tested in (1)): " + "; ".join(parts) + "."
+        )
     if v["latency_rounded"]:
         parts = [
             f"{e['model']} {e['kind']} ({e['macs_fraction']:.3f}× MACs): **{e['speedup']:.2f}×** "
@@ -665,13 +704,13 @@ def accuracy_markdown(result: dict[str, Any], spec: ModelSpec) -> list[str]:
         ("dense + fine-tune", "-", "1.000×", "1.000×", "-", _pm(s["dense_ft"]), "-", "-"),
     ]
     for b in _budgets(result, spec):
-        for m in spec.methods:
-            v = find(s, "greedy", m, b)
+        for m, rule in ((m, r) for m in spec.methods for r in ("greedy", "greedy_x8")):
+            v = find(s, rule, m, b)
             if v is None:
                 continue
             rows.append(
                 (
-                    m,
+                    m + (f", ranks ×{ROUND_TO}" if rule == "greedy_x8" else ""),
                     f"≤{b}×",
                     f"{v['macs_fraction']['mean']:.3f}×",
                     f"{v['params_fraction']['mean']:.3f}×",
@@ -812,6 +851,8 @@ def latency_markdown(result: dict[str, Any]) -> list[str]:
         lines += ["", f"### {lat['model']}", ""]
         for kind, info in lat["kinds"].items():
             same = f" (also {', '.join(info['same_as'])})" if info["same_as"] else ""
+            if info.get("rule") == "greedy_x8":
+                same += f" (`round_to={ROUND_TO}`)"
             if info.get("rounded_from"):
                 same = f" (what-if: `{info['rounded_from']}`'s ranks rounded to ×{ROUND_TO}; accuracy not measured)"
             ranks = ", ".join(f"{n} {r}" for n, r in info["ranks"].items())
@@ -979,9 +1020,21 @@ def discussion(result: dict[str, Any]) -> list[str]:
                 ", ".join(f"{e['model']} {e['kind']} ({e['speedup']:.2f}×)" for e in lat if not e["holds"])
                 or "none"
             )
-            + ". The greedy ranks of VGG-small (e.g. 11 and 79) are not multiples of the CPU kernels' channel "
-            f"block; the what-if rows with the same ranks rounded to ×{ROUND_TO} show how much speed that costs, "
-            "which argues for a `round_to` option in the rank selection (as `prune_to_budget` has)."
+            + ". The free greedy ranks of VGG-small (e.g. 11 and 79) are not multiples of the CPU kernels' "
+            "channel block."
+        )
+    x8 = v["latency_x8"]
+    if x8:
+        text.append(
+            f"With `round_to={ROUND_TO}` the greedy picks its ranks on multiples of {ROUND_TO} under the same budget: "
+            + ", ".join(f"{e['model']} {e['kind']} {e['speedup']:.2f}×" for e in x8)
+            + f" at batch 64 (goal ≥ {GOAL}×: "
+            + (
+                "met by " + ", ".join(e["kind"] for e in x8 if e["holds"])
+                if any(e["holds"] for e in x8)
+                else "not met"
+            )
+            + "); their accuracy is in (1)."
         )
     return [
         " ".join(text),
@@ -991,8 +1044,7 @@ def discussion(result: dict[str, Any]) -> list[str]:
         "columns separate them better); 3 seeds give a coarse std, and many after-FT differences are below it; "
         "the rank rules differ in which layers they touch, so (3) compares rules, not spectra alone; latencies are "
         "for a 28×28 input at 1 thread on a shared 2-core machine (load in the header), where the dense first "
-        "conv, batch norms and pools are a fixed cost the factorization does not reduce; the ×8-rounded "
-        "architectures were timed, not trained.",
+        "conv, batch norms and pools are a fixed cost the factorization does not reduce.",
     ]
 
 
@@ -1019,6 +1071,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
                 label="dense (mean ± std)",
             )
             curves = [("greedy", m, "o-", f"C{i}") for i, m in enumerate(spec.methods)]
+            if spec.rounded:
+                curves += [("greedy_x8", m, "^--", f"C{i}") for i, m in enumerate(spec.methods)]
             uniform = [(r, m) for r in UNIFORM_RULES for m in UNIFORM if m in spec.methods]
             # a method keeps its colour; the rank rule sets marker and line
             curves += [
@@ -1035,7 +1089,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
                     yerr=[100 * p[key]["std"] for p in pts],
                     fmt=fmt,
                     color=color,
-                    mfc="none" if rule != "greedy" else color,
+                    mfc="none" if rule not in ("greedy", "greedy_x8") else color,
                     capsize=3,
                     label=f"{m} ({RULE_TEXT[rule]})",
                 )

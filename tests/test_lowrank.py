@@ -34,6 +34,7 @@ from effdl_lightning.core.lowrank import (
     max_rank,
     rank_for_ratio,
     relative_error,
+    round_rank,
     select_ranks_for_budget,
     weight_matrix,
 )
@@ -232,6 +233,53 @@ def test_greedy_selection_cuts_the_layer_whose_energy_is_concentrated() -> None:
         "steep": None,
         "flat": None,
     }
+
+
+def test_round_rank_keeps_ranks_on_multiples_within_the_full_rank() -> None:
+    assert [round_rank(r, 128, 8) for r in (1, 7, 11, 12, 79, 125, 200)] == [8, 8, 8, 16, 80, 128, 128]
+    assert [round_rank(r, 128, 8, up=True) for r in (1, 8, 9, 79)] == [8, 8, 16, 80]
+    assert round_rank(5, 6, 8) == 6  # a layer smaller than the block keeps its full rank
+    assert [round_rank(r, 10) for r in (0, 3, 12)] == [1, 3, 10]  # round_to=1: only clamped
+    with pytest.raises(ValueError, match=r"round_to must be an integer >= 1, got 0"):
+        round_rank(3, 10, 0)
+
+
+def test_greedy_with_round_to_moves_in_blocks_and_still_meets_the_budget() -> None:
+    g = torch.Generator().manual_seed(0)
+    layers = {
+        name: LayerCost(torch.rand(64, generator=g).pow(k).sort(descending=True).values, 64 * 64.0, 2 * 64.0)
+        for name, k in (("a", 1), ("b", 4), ("c", 8))
+    }
+    total = sum(c.macs for c in layers.values())
+    for q in (1, 8):
+        ranks = select_ranks_for_budget(layers, 0.3 * total, round_to=q)
+        used = sum(c.macs if ranks[n] is None else ranks[n] * c.macs_per_rank for n, c in layers.items())
+        assert used <= 0.3 * total
+        assert all(r is None or r % q == 0 for r in ranks.values())
+        if q == 8:
+            # the block greedy overshoots the budget by less than one block of the cheapest layer
+            assert used > 0.3 * total - 8 * 2 * 64.0
+    # a budget only rank 1 everywhere meets cannot be reached in blocks of 8
+    with pytest.raises(ValueError, match=r"cannot be reached: with every candidate layer at rank 8"):
+        select_ranks_for_budget(layers, 3 * 2 * 64.0, round_to=8)
+
+
+def test_round_to_applies_to_every_rank_rule_and_to_the_callback() -> None:
+    torch.manual_seed(0)
+    xs = _calibration()
+    full = {"0": 12, "2": 16, "4": 10}
+    net = tiny_net()
+    result = low_rank_(net, xs, LowRankConfig(conv="svd", rank_ratio=0.45, round_to=4))
+    assert {r.name: r.rank for r in result.layers} == {"0": 4, "2": 8, "4": 4}  # 5.4, 7.2, 4.5 -> nearest x4
+    net = tiny_net()
+    result = low_rank_(net, xs, LowRankConfig(conv="zhang", energy=0.9, round_to=4))
+    assert all(r.rank % 4 == 0 or r.rank == full[r.name] for r in result.layers)
+    assert all(r.energy >= 0.9 for r in result.layers)  # rounded up: the threshold still holds
+    net = tiny_net()
+    result = low_rank_(net, xs, LowRankConfig(conv="zhang", mac_budget=0.5, round_to=4))
+    assert all(r.rank % 4 == 0 for r in result.layers) and result.macs_after <= 0.5 * result.macs_before
+    callback = LowRankFactorization(method="svd", rank_ratio=0.45, round_to=4)
+    assert callback.config.round_to == 4
 
 
 def test_unsupported_layers_are_skipped_with_a_reason() -> None:
@@ -468,6 +516,8 @@ def test_ddp_two_processes_agree_with_one(tmp_path: Path) -> None:
         ({"energy": 0.0}, r"energy must be in \(0, 1\], got 0.0"),
         ({"mac_budget": 2.0}, r"mac_budget must be in \(0, 1\], got 2.0"),
         ({"data_steps": -1}, r"data_steps must be >= 0, got -1"),
+        ({"round_to": 0}, r"round_to must be an integer >= 1, got 0"),
+        ({"round_to": 2.5}, r"round_to must be an integer >= 1, got 2.5"),
         ({"start_epoch": -1}, r"`start_epoch` must be >= 0, got -1"),
         ({"calibration_batches": 0}, r"`calibration_batches` must be >= 1, got 0"),
         ({"nuclear_norm": -0.1}, r"`nuclear_norm` must be >= 0, got -0.1"),

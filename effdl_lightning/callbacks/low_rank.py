@@ -52,7 +52,9 @@ class LowRankFactorization(StructureChangingCallback):
     Ranks: ``rank_ratio`` (``round(ratio · full rank)``) unless one of ``rank`` (the same for every layer),
     ``energy`` (the smallest rank keeping that fraction of the spectrum's energy: squared singular values of the
     weights, or eigenvalues of the responses for Zhang's methods) or ``mac_budget`` (the fraction of the model's
-    conv + linear MACs to keep, per-layer ranks by Zhang's greedy selection) is given. Layers whose factors would
+    conv + linear MACs to keep, per-layer ranks by Zhang's greedy selection) is given; ``round_to=8`` keeps every
+    rank on a multiple of 8 (CPU kernels compute channels in blocks; an odd rank saves MACs but little time). Layers
+    whose factors would
     not cost fewer MACs, grouped convs and other unsupported layers are left alone with the reason logged.
 
     Regularizer: ``nuclear_norm=λ > 0`` adds ``λ Σ_l ‖W_l‖_*`` to the training objective before the conversion,
@@ -69,6 +71,7 @@ class LowRankFactorization(StructureChangingCallback):
         rank_ratio: fraction of each layer's full rank, in ``(0, 1]`` (used when no other rule is given).
         energy: fraction of each layer's spectrum energy to keep, in ``(0, 1]``.
         mac_budget: fraction of the model's conv + linear MACs to keep, in ``(0, 1]`` (Zhang's greedy ranks).
+        round_to: keep every rank on a multiple of this, ``>= 1`` (1: any rank).
         start_epoch: epoch at whose start the layers are factorized (0: at the start of the fit).
         calibration_batches: training batches used for shapes and MACs and by the data-driven methods.
         include: glob patterns on layer names to factorize (default: every linear and conv).
@@ -84,6 +87,7 @@ class LowRankFactorization(StructureChangingCallback):
         rank_ratio: float | None = 0.25,
         energy: float | None = None,
         mac_budget: float | None = None,
+        round_to: int = 1,
         start_epoch: int = 0,
         calibration_batches: int = 4,
         include: str | Sequence[str] | None = None,
@@ -103,6 +107,7 @@ class LowRankFactorization(StructureChangingCallback):
                 rank_ratio=rank_ratio,
                 energy=energy,
                 mac_budget=mac_budget,
+                round_to=round_to,
                 data_steps=data_steps,
             )
         except ValueError as err:

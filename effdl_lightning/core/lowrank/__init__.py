@@ -41,6 +41,7 @@ from effdl_lightning.core.lowrank.rank import (
     energy_kept,
     rank_for_energy,
     rank_for_ratio,
+    round_rank,
     select_ranks_for_budget,
 )
 from effdl_lightning.core.lowrank.statistics import ResponseStatistics
@@ -74,6 +75,7 @@ __all__ = [
     "rank_for_energy",
     "rank_for_ratio",
     "relative_error",
+    "round_rank",
     "select_ranks_for_budget",
     "weight_matrix",
 ]

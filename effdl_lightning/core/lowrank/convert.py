@@ -46,6 +46,7 @@ from effdl_lightning.core.lowrank.rank import (
     energy_kept,
     rank_for_energy,
     rank_for_ratio,
+    round_rank,
     select_ranks_for_budget,
 )
 from effdl_lightning.core.lowrank.statistics import (
@@ -93,6 +94,8 @@ class LowRankConfig:
         rank_ratio: rank = ``round(ratio · full rank)``, in ``(0, 1]``.
         energy: the smallest rank keeping this fraction of the spectrum's energy, in ``(0, 1]``.
         mac_budget: fraction of the model's conv + linear MACs to keep, in ``(0, 1]``, ranks by Zhang's greedy.
+        round_to: keep every rank on a multiple of this (1: any rank; 8 or 16 match CPU kernels' channel blocks;
+            :func:`~effdl_lightning.core.lowrank.rank.round_rank`).
         data_steps: L-BFGS iterations of ``jaderberg_data``.
     """
 
@@ -102,6 +105,7 @@ class LowRankConfig:
     rank_ratio: float | None = 0.25
     energy: float | None = None
     mac_budget: float | None = None
+    round_to: int = 1
     data_steps: int = 25
 
     def __post_init__(self) -> None:
@@ -126,6 +130,8 @@ class LowRankConfig:
             value = getattr(self, name)
             if value is not None and not 0.0 < value <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+        if isinstance(self.round_to, bool) or int(self.round_to) != self.round_to or self.round_to < 1:
+            raise ValueError(f"round_to must be an integer >= 1, got {self.round_to!r}")
         if self.data_steps < 0:
             raise ValueError(f"data_steps must be >= 0, got {self.data_steps!r}")
 
@@ -232,17 +238,20 @@ def _choose_ranks(
 ) -> tuple[dict[str, int | None], str]:
     if config.mac_budget is not None:
         fixed = total - sum(c.macs for c in costs.values())
-        budgeted = select_ranks_for_budget(costs, config.mac_budget * total, fixed)
+        budgeted = select_ranks_for_budget(costs, config.mac_budget * total, fixed, config.round_to)
         return budgeted, "left dense by the MAC budget"
     ranks: dict[str, int | None] = {}
+    q = config.round_to
     for name, cost in costs.items():
         if config.rank is not None:
-            ranks[name] = min(int(config.rank), cost.full_rank)
+            ranks[name] = round_rank(int(config.rank), cost.full_rank, q)
         elif config.energy is not None:
-            ranks[name] = rank_for_energy(cost.spectrum, config.energy)
+            ranks[name] = round_rank(
+                rank_for_energy(cost.spectrum, config.energy), cost.full_rank, q, up=True
+            )
         else:
             assert config.rank_ratio is not None
-            ranks[name] = rank_for_ratio(cost.full_rank, config.rank_ratio)
+            ranks[name] = round_rank(rank_for_ratio(cost.full_rank, config.rank_ratio), cost.full_rank, q)
     return ranks, ""
 
 
