@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -12,11 +13,12 @@ import lightning.pytorch as pl
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from effdl_lightning.measure import register_macs_rule
 from effdl_lightning.models.condconv import CondConv2d, condconv_macs, replace_convs_with_condconv_
+from effdl_lightning.nas.job import run_search
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,6 @@ def compose(
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
 
     conf = Path(config_dir) if config_dir is not None else DEFAULT_CONFIG_DIR
     if not conf.is_dir():
@@ -172,7 +173,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
     when set) if ``cfg.train``, then ``test`` if ``cfg.test`` — on the weights at the end of fit, or on the
     checkpoint named by ``test_ckpt`` (``best``, ``last`` or a path). Returns every logged scalar metric
     (``train/*``, ``val/*``, ``test/*``, ``compress/*``).
+
+    With ``nas`` set (``nas=mnas_soft``, see ``conf/nas/``) the job is the platform-aware architecture search
+    instead: :func:`run_search_job`.
     """
+    if cfg.get("nas") is not None:
+        return run_search_job(cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True)
     datamodule, module, trainer = build(cfg)
@@ -200,6 +206,24 @@ def run(cfg: DictConfig) -> dict[str, float]:
             ckpt = None
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt)
         metrics.update(_floats(trainer.callback_metrics))
+    return metrics
+
+
+def run_search_job(cfg: DictConfig) -> dict[str, float]:
+    """``nas=...``: search (:func:`effdl_lightning.nas.job.run_search`), then, with ``nas.retrain``, train and
+    test the best candidate as a normal job (same ``data``, ``module``, ``trainer``, callbacks and loggers).
+
+    Returns the search's ``nas/*`` metrics and the retrained model's metrics.
+    """
+    outcome = run_search(cfg)
+    metrics = dict(outcome.metrics)
+    if cfg.nas.get("retrain", True):
+        retrain = copy.deepcopy(cfg)
+        with open_dict(retrain):
+            retrain.nas = None
+            retrain.model = outcome.model
+        log.info("Retraining the best candidate: %s", outcome.result.best.key)
+        metrics.update(run(retrain))
     return metrics
 
 

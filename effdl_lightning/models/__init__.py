@@ -5,9 +5,11 @@ Importing this package imports every architecture module, which registers its mo
 
 from effdl_lightning.models.cnn1d import CNN1D
 from effdl_lightning.models.condconv import CondConv2d, replace_convs_with_condconv_
+from effdl_lightning.models.darts import DartsNetwork
 from effdl_lightning.models.efficientnet import EfficientNet
 from effdl_lightning.models.lenet import LeNet5, LeNet300100
 from effdl_lightning.models.mlp import MLP
+from effdl_lightning.models.mnas_space import MnasSpaceNet
 from effdl_lightning.models.mnasnet import MnasNetA1
 from effdl_lightning.models.mobilenet import MobileNetV1, MobileNetV2
 from effdl_lightning.models.msdnet import MSDNet
@@ -22,11 +24,13 @@ __all__ = [
     "MLP",
     "BasicBlock",
     "CondConv2d",
+    "DartsNetwork",
     "EfficientNet",
     "LeNet5",
     "LeNet300100",
     "MSDNet",
     "MnasNetA1",
+    "MnasSpaceNet",
     "MobileNetV1",
     "MobileNetV2",
     "ModelEntry",
