@@ -509,3 +509,40 @@ def test_a_classification_module_student_brings_its_settings() -> None:
     assert list(module.losses) == ["kd", "at"]
     optimizer = module.configure_optimizers()
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["lr"] == 0.01
+
+
+# --- the distillation benchmark's run log -------------------------------------------------------------------------
+def test_benchmark_run_key_changes_with_the_config_and_legacy_rows_are_adopted_only_when_identical() -> None:
+    """A recorded run is reused only for the same composed config: a changed T (or preset) reruns it."""
+    from benchmarks import distillation as bench
+
+    def job(arm: str, part: str = "mnist1d") -> dict[str, Any]:
+        jobs = bench.make_jobs([0], dict(bench.EPOCHS), (4.0,), quick=False)
+        return next(j for j in jobs if j["part"] == part and j["arm"] == arm)
+
+    kd2, kd4, alone = job(bench.kd_arm(2.0, 0.9)), job(bench.kd_arm(4.0, 0.9)), job(bench.ALONE)
+    assert len({kd2["config"], kd4["config"], alone["config"]}) == 3
+    assert kd4["config"] != job(bench.kd_arm(4.0, 0.9), "mnist1d_long")["config"]  # the epochs
+    # a term of weight 0 is not trained, so the preset's T does not change the student-alone run
+    cfg = bench.compose(bench.KD_PRESET, 0, 15, ["distill.kd.weight=0", "distill.kd.temperature=7"])
+    t_digest = bench.teacher_digest("resnet1d", 0, bench.EPOCHS["teacher_resnet1d"])
+    assert bench._digest({"student": bench.config_identity(cfg, 15), "teacher": t_digest}) == alone["config"]
+    # legacy rows (no digest) are adopted only when their recorded setup and loss terms equal the job's
+    jobs = [j for j in bench.make_jobs([0], dict(bench.EPOCHS), (4.0,), quick=False) if j["seed"] == 0]
+    t_job = next(j for j in jobs if j["part"] == "teacher" and j["student"] == "resnet1d")
+    t_setup = bench.setup_of(
+        bench.compose(bench.TEACHERS["resnet1d"][0], 0, t_job["epochs"], []), t_job["epochs"]
+    )
+    terms, stage1, setup = bench._recorded_terms(kd4)
+    legacy_fields = ("part", "student", "seed", "epochs", "teacher_epochs", "quick")
+    t_row = {k: t_job[k] for k in legacy_fields} | {"arm": "teacher", "setup": t_setup}
+    good = {k: kd4[k] for k in legacy_fields} | {"arm": "KD", "setup": setup, "loss_terms": terms}
+    good |= {"stage1_epochs": stage1, "test_acc": 0.5}
+    stale = good | {"loss_terms": {"kd": terms["kd"].replace("temperature=4.0", "temperature=8.0")}}
+    adopted = bench.adopt_legacy([t_row, stale], jobs)
+    assert [r["part"] for r in adopted] == ["teacher"]  # the stale KD row (other T) is not reused
+    adopted = bench.adopt_legacy([t_row, good], jobs)
+    kd_rows = [r for r in adopted if r["part"] == "mnist1d"]
+    assert len(kd_rows) == 1 and kd_rows[0]["arm"] == kd4["arm"] and kd_rows[0]["config"] == kd4["config"]
+    # without its teacher's row a student row is not adopted either
+    assert bench.adopt_legacy([good], jobs) == []
