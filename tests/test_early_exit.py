@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from effdl_lightning.core.dynamic import (
+    CompiledStages,
     ExitHead,
     MultiExitNetwork,
     assign_exits,
@@ -248,6 +249,30 @@ def test_exited_samples_are_not_computed_by_later_stages(kind: str) -> None:
     for k in range(3):
         rows = expected == k
         torch.testing.assert_close(out.logits[rows], full[k][rows], rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_stages_give_the_eager_early_exit_for_every_batch_size() -> None:
+    # backend="eager": dynamo traces each stage with a symbolic batch size (what matters here) without codegen;
+    # the dynamic-inference benchmark checks inductor-compiled MSDNet stages against eager on every batch
+    net = MultiExitNetwork(resnet8(), ["layer1", "layer2"], 4, SHAPE).eval()
+    staged = CompiledStages(net, backend="eager")
+    assert staged.num_exits == 3
+    torch._dynamo.reset()
+    for n in (20, 7):
+        x = torch.randn(n, *SHAPE)
+        with torch.no_grad():
+            conf = [torch.softmax(z, dim=1).amax(dim=1) for z in net(x)]
+        thresholds = [float(conf[0].median()), float(conf[1].median())]
+        want = early_exit_inference(net, x, thresholds)
+        got = early_exit_inference(staged, x, thresholds)
+        assert torch.equal(got.exit_index, want.exit_index)
+        assert got.stage_batch_sizes == want.stage_batch_sizes
+        torch.testing.assert_close(got.logits, want.logits, rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+    with pytest.raises(ValueError, match=r"stage index must be in \[0, 2\], got 3"):
+        staged.forward_stage(3, x)
+    with pytest.raises(ValueError, match=r"ResNetCifar has no `forward_stage"):
+        CompiledStages(resnet8())
 
 
 def test_what_cannot_be_staged_is_refused_with_the_reason() -> None:

@@ -12,7 +12,8 @@ MSDNet (Huang et al. 2018, arXiv 1703.09844) evaluates a network with exits ``k 
   cumulative MACs of exit ``k`` (all stages up to ``k`` and the classifiers of exits ``1..k``).
 
 :func:`early_exit_inference` runs the thresholds for real: stage ``k`` only sees the samples that did not
-leave before it.
+leave before it. :class:`CompiledStages` compiles each stage with ``torch.compile`` (a dynamic batch dimension:
+the batch shrinks at every exit), so that early exit is compared with a compiled whole network on equal terms.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "DEFAULT_BUDGETS",
     "AnytimeResult",
     "BudgetPoint",
+    "CompiledStages",
     "EarlyExitOutput",
     "anytime_evaluation",
     "assign_exits",
@@ -198,6 +200,57 @@ def early_exit_inference(model: nn.Module, x: Tensor, thresholds: float | Sequen
 
 
 # --- MACs ---------------------------------------------------------------------------------------------------------
+class _Stage(nn.Module):
+    """Stage ``index`` of a staged model as a module of its own (one compiled graph per stage)."""
+
+    def __init__(self, model: nn.Module, index: int) -> None:
+        super().__init__()
+        self.model = model
+        self.index = index
+
+    def forward(self, state: Any) -> tuple[Any, Tensor]:
+        return self.model.forward_stage(self.index, state)  # type: ignore[operator]
+
+
+class CompiledStages(nn.Module):
+    """A staged model whose stages run compiled: ``early_exit_inference(CompiledStages(model), x, θ)``.
+
+    Each stage ``k`` is ``torch.compile(stage_k, dynamic=True, **options)``: the batch dimension is symbolic,
+    because after each exit the batch holds only the samples still present, so one graph per stage serves every
+    batch size (sizes 0 and 1 aside, which dynamo specializes). ``forward`` is the model's own (eager).
+    Compilation happens at the first call of each stage; weights are read at run time (no freezing), so the
+    wrapper follows the model's training.
+
+    Args:
+        model: a staged model (``num_exits`` and ``forward_stage``, e.g. :class:`MultiExitNetwork` or MSDNet).
+        **options: more ``torch.compile`` arguments (e.g. ``mode="max-autotune-no-cudagraphs"``).
+
+    Raises:
+        ValueError: ``model`` cannot be run stage by stage.
+    """
+
+    def __init__(self, model: nn.Module, **options: Any) -> None:
+        super().__init__()
+        if not is_staged(model):
+            raise ValueError(
+                f"{type(model).__name__} has no `forward_stage(index, state)`; it cannot be staged"
+            )
+        self.model = model
+        self.num_exits = _exits(model)
+        kwargs = {"dynamic": True} | options
+        self.stages = nn.ModuleList(
+            [torch.compile(_Stage(model, k), **kwargs) for k in range(self.num_exits)]  # type: ignore[misc]
+        )
+
+    def forward_stage(self, index: int, state: Any) -> tuple[Any, Tensor]:
+        if not 0 <= index < self.num_exits:
+            raise ValueError(f"stage index must be in [0, {self.num_exits - 1}], got {index}")
+        return self.stages[index](state)  # type: ignore[no-any-return]
+
+    def forward(self, x: Tensor) -> Any:
+        return self.model(x)
+
+
 def _layer_macs(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> int:
     """Conv and linear MACs as ``effdl_lightning.measure`` counts them (no bias; batch 1)."""
     if isinstance(module, nn.modules.conv._ConvNd):
