@@ -122,6 +122,8 @@ UNGATED = "ungated"
 CONDCONV, STATIC, WIDE = "CondConv", "static", "static, equal MACs"
 EE_VARIANT = "early exit"
 EE_COMPILED = "early exit, compiled stages"
+EE_BUCKETS = "early exit, compiled stages, static buckets"
+BUCKETS = (8, 16, 32, 64)  # CompiledStages(buckets=...): the remaining samples are padded up to one of these
 WHOLE, WHOLE_ALL, WHOLE_COMPILED = (
     "whole, last exit only",
     "whole, every exit",
@@ -473,10 +475,25 @@ def early_exit_timing(
                 variants[EE_COMPILED] = partial(early_exit_inference, staged, thresholds=thresholds)
             except Exception as error:
                 out["notes"][EE_COMPILED] = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+            try:  # static graphs per (stage, bucket), weights folded as for the compiled whole network
+                start = time.perf_counter()
+                bucketed = CompiledStages(net, buckets=BUCKETS, dynamic=False, options={"freezing": True})
+                with torch.inference_mode(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    for b in batches:
+                        got = early_exit_inference(bucketed, b, thresholds)
+                        ref = module.early_exit_predict(b, thresholds)
+                        err = float((got.logits - ref.logits).abs().max())
+                        if err > 1e-3 * float(ref.logits.abs().max()) + 1e-4:
+                            raise RuntimeError(f"output differs from eager by {err:.2e}")
+                out["compile_buckets_s"] = time.perf_counter() - start
+                variants[EE_BUCKETS] = partial(early_exit_inference, bucketed, thresholds=thresholds)
+            except Exception as error:
+                out["notes"][EE_BUCKETS] = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
         samples = time_batches(variants, batches, warmup, rounds)
     torch._dynamo.reset()
     ms = {k: quartiles(v) for k, v in samples.items()}
-    ee_kinds = [k for k in (EE_VARIANT, EE_COMPILED) if k in ms]
+    ee_kinds = [k for k in (EE_VARIANT, EE_COMPILED, EE_BUCKETS) if k in ms]
     full = [k for k in ms if k not in ee_kinds]
     best = min(full, key=lambda k: ms[k]["median"])
     best_ee = min(ee_kinds, key=lambda k: ms[k]["median"])
@@ -843,7 +860,7 @@ def early_exit_markdown(part: dict[str, Any]) -> list[str]:
             (
                 k + (" ★" if k in (timing["best_full"], timing.get("best_ee")) else ""),
                 _ms(q),
-                "—" if k in (EE_VARIANT, EE_COMPILED) else _x(timing["speedup"][k]),
+                "—" if k in (EE_VARIANT, EE_COMPILED, EE_BUCKETS) else _x(timing["speedup"][k]),
             )
             for k, q in timing["ms"].items()
         ]
@@ -861,7 +878,9 @@ def early_exit_markdown(part: dict[str, Any]) -> list[str]:
             f"Best against best (shared/BENCHMARKS.md): {timing.get('best_ee', EE_VARIANT)} against "
             f"{timing['best_full']}: **{_x(best)}** (goal ≥ {GOAL}×). *early exit, compiled stages* = "
             "`early_exit_inference(CompiledStages(model), x, θ)`: each stage compiled by inductor "
-            "once with a dynamic batch dimension (`effdl_lightning.core.dynamic.CompiledStages`).",
+            "once with a dynamic batch dimension (`effdl_lightning.core.dynamic.CompiledStages`); *static buckets* = "
+            f"`CompiledStages(model, buckets={BUCKETS}, dynamic=False, options={{'freezing': True}})`: the samples "
+            "still present are padded with zero rows up to the next bucket, one static graph per (stage, bucket).",
         ]
         if timing["notes"]:
             lines += ["", *(f"- left out: {k}: {v}" for k, v in timing["notes"].items())]

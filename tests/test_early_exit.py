@@ -269,6 +269,19 @@ def test_compiled_stages_give_the_eager_early_exit_for_every_batch_size() -> Non
         assert got.stage_batch_sizes == want.stage_batch_sizes
         torch.testing.assert_close(got.logits, want.logits, rtol=1e-5, atol=1e-5)
     torch._dynamo.reset()
+    # static buckets: padded up to the next bucket, cut back; the same results
+    padded = CompiledStages(net, buckets=(8, 32), backend="eager")
+    x = torch.randn(20, *SHAPE)
+    with torch.no_grad():
+        conf = [torch.softmax(z, dim=1).amax(dim=1) for z in net(x)]
+    thresholds = [float(conf[0].median()), float(conf[1].median())]
+    want = early_exit_inference(net, x, thresholds)
+    got = early_exit_inference(padded, x, thresholds)
+    assert torch.equal(got.exit_index, want.exit_index) and got.stage_batch_sizes == want.stage_batch_sizes
+    torch.testing.assert_close(got.logits, want.logits, rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+    with pytest.raises(ValueError, match=r"buckets must be positive integers \(or None\), got \(0, 8\)"):
+        CompiledStages(net, buckets=(0, 8))
     with pytest.raises(ValueError, match=r"stage index must be in \[0, 2\], got 3"):
         staged.forward_stage(3, x)
     with pytest.raises(ValueError, match=r"ResNetCifar has no `forward_stage"):

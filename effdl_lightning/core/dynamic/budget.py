@@ -212,32 +212,65 @@ class _Stage(nn.Module):
         return self.model.forward_stage(self.index, state)  # type: ignore[operator]
 
 
+def _rows(state: Any) -> int:
+    return int((state if isinstance(state, Tensor) else state[0]).shape[0])
+
+
+def _pad_rows(state: Any, rows: int) -> Any:
+    """``state`` (a tensor or a list/tuple of tensors) with zero rows appended up to ``rows``."""
+    if isinstance(state, Tensor):
+        extra = rows - state.shape[0]
+        return torch.cat([state, state.new_zeros(extra, *state.shape[1:])]) if extra > 0 else state
+    return type(state)(_pad_rows(t, rows) for t in state)
+
+
+def _take_rows(state: Any, rows: int) -> Any:
+    if state is None:
+        return None
+    if isinstance(state, Tensor):
+        return state[:rows]
+    return type(state)(_take_rows(t, rows) for t in state)
+
+
 class CompiledStages(nn.Module):
     """A staged model whose stages run compiled: ``early_exit_inference(CompiledStages(model), x, θ)``.
 
-    Each stage ``k`` is ``torch.compile(stage_k, dynamic=True, **options)``: the batch dimension is symbolic,
-    because after each exit the batch holds only the samples still present, so one graph per stage serves every
-    batch size (sizes 0 and 1 aside, which dynamo specializes). ``forward`` is the model's own (eager).
-    Compilation happens at the first call of each stage; weights are read at run time (no freezing), so the
-    wrapper follows the model's training.
+    After each exit the batch holds only the samples still present, so a stage sees many batch sizes. Two ways
+    to compile for that:
+
+    * ``buckets=None`` (default): each stage is ``torch.compile(stage_k, dynamic=True, **options)``, one graph
+      with a symbolic batch dimension (sizes 0 and 1 aside, which dynamo specializes).
+    * ``buckets=(8, 16, 32, 64)``: static graphs; a batch of ``n`` samples is padded with zero rows up to the
+      smallest bucket ``≥ n`` (a larger ``n`` runs as it is) and the outputs are cut back to ``n`` rows. Static
+      shapes let the compiler specialize (and ``options={"freezing": True}`` fold the weights) at the cost of
+      at most one bucket step of padding and one compilation per (stage, bucket). Only for models whose
+      samples are independent at inference (eval-mode batch norm, no batch statistics).
+
+    ``forward`` is the model's own (eager). Compilation happens at the first call of each stage (and bucket).
 
     Args:
         model: a staged model (``num_exits`` and ``forward_stage``, e.g. :class:`MultiExitNetwork` or MSDNet).
-        **options: more ``torch.compile`` arguments (e.g. ``mode="max-autotune-no-cudagraphs"``).
+        buckets: batch sizes to pad to, or ``None`` for dynamic shapes.
+        **options: more ``torch.compile`` arguments (e.g. ``options={"freezing": True}``, ``backend=...``).
 
     Raises:
-        ValueError: ``model`` cannot be run stage by stage.
+        ValueError: ``model`` cannot be run stage by stage, or a bucket is not a positive integer.
     """
 
-    def __init__(self, model: nn.Module, **options: Any) -> None:
+    def __init__(self, model: nn.Module, buckets: Sequence[int] | None = None, **options: Any) -> None:
         super().__init__()
         if not is_staged(model):
             raise ValueError(
                 f"{type(model).__name__} has no `forward_stage(index, state)`; it cannot be staged"
             )
+        if buckets is not None and (
+            not buckets or any(isinstance(b, bool) or int(b) != b or b < 1 for b in buckets)
+        ):
+            raise ValueError(f"buckets must be positive integers (or None), got {buckets!r}")
         self.model = model
         self.num_exits = _exits(model)
-        kwargs = {"dynamic": True} | options
+        self.buckets = sorted(int(b) for b in buckets) if buckets is not None else None
+        kwargs = {"dynamic": buckets is None} | options
         self.stages = nn.ModuleList(
             [torch.compile(_Stage(model, k), **kwargs) for k in range(self.num_exits)]  # type: ignore[misc]
         )
@@ -245,7 +278,12 @@ class CompiledStages(nn.Module):
     def forward_stage(self, index: int, state: Any) -> tuple[Any, Tensor]:
         if not 0 <= index < self.num_exits:
             raise ValueError(f"stage index must be in [0, {self.num_exits - 1}], got {index}")
-        return self.stages[index](state)  # type: ignore[no-any-return]
+        if self.buckets is None:
+            return self.stages[index](state)  # type: ignore[no-any-return]
+        n = _rows(state)
+        size = next((b for b in self.buckets if b >= n), n)
+        features, logits = self.stages[index](_pad_rows(state, size))
+        return _take_rows(features, n), logits[:n]
 
     def forward(self, x: Tensor) -> Any:
         return self.model(x)
