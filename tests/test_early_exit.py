@@ -280,6 +280,19 @@ def test_compiled_stages_give_the_eager_early_exit_for_every_batch_size() -> Non
     assert torch.equal(got.exit_index, want.exit_index) and got.stage_batch_sizes == want.stage_batch_sizes
     torch.testing.assert_close(got.logits, want.logits, rtol=1e-5, atol=1e-5)
     torch._dynamo.reset()
+    # one compiled graph per (stage, bucket), none falling back to eager: dynamo allows 8 recompilations per
+    # code object, and 3 stages × 4 buckets = 12 graphs would exceed that if the stages shared one forward
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    buckets = CompiledStages(net, buckets=(2, 4, 8, 32), backend="eager", dynamic=False)
+    with torch.no_grad():
+        for n in (20, 7, 3, 1):
+            state: Any = torch.randn(n, *SHAPE)
+            for k in range(3):
+                state, _ = buckets.forward_stage(k, state)
+    assert counters["stats"]["unique_graphs"] == 12
+    assert counters["frames"]["ok"] == counters["frames"]["total"] == 12
+    torch._dynamo.reset()
     with pytest.raises(ValueError, match=r"buckets must be positive integers \(or None\), got \(0, 8\)"):
         CompiledStages(net, buckets=(0, 8))
     with pytest.raises(ValueError, match=r"stage index must be in \[0, 2\], got 3"):

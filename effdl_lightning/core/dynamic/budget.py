@@ -19,6 +19,7 @@ the batch shrinks at every exit), so that early exit is compared with a compiled
 from __future__ import annotations
 
 import math
+import types
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -201,14 +202,21 @@ def early_exit_inference(model: nn.Module, x: Tensor, thresholds: float | Sequen
 
 # --- MACs ---------------------------------------------------------------------------------------------------------
 class _Stage(nn.Module):
-    """Stage ``index`` of a staged model as a module of its own (one compiled graph per stage)."""
+    """Stage ``index`` of a staged model as a module of its own (one compiled graph per stage).
+
+    Every instance gets a ``forward`` with a code object of its own: dynamo caches compiled graphs per code
+    object and recompiles at most ``recompile_limit`` (8) times per code object before it silently falls
+    back to eager, so stages sharing one ``forward`` would share that limit (3 stages × 4 buckets exceed it).
+    """
 
     def __init__(self, model: nn.Module, index: int) -> None:
         super().__init__()
         self.model = model
         self.index = index
+        code = _Stage._forward.__code__.replace(co_name=f"stage_{index}_forward")
+        self.forward = types.MethodType(types.FunctionType(code, _Stage._forward.__globals__), self)
 
-    def forward(self, state: Any) -> tuple[Any, Tensor]:
+    def _forward(self, state: Any) -> tuple[Any, Tensor]:
         return self.model.forward_stage(self.index, state)  # type: ignore[operator]
 
 
