@@ -15,7 +15,9 @@ networks of a part get the same epochs and learning rate (the presets' rates: ``
     points below the last exit's (chosen on validation, reported on test). *Wall-clock* (seed 0, batch 64,
     1 thread, the 15 full test batches): ``early_exit_predict`` with that budget's thresholds against the same
     network run whole on every sample (last exit only — the intermediate classifiers skipped; every exit,
-    ``model(x)``; and ``torch.compile`` of the last-exit-only network), interleaved; goal ≥ 1.5×.
+    ``model(x)``; ``torch.compile`` and ONNX Runtime of the last-exit-only network), interleaved; the early exit
+    also with compiled stages (``CompiledStages``) and on ONNX Runtime (``export_stages_onnx``, one graph per
+    stage); goal ≥ 1.5×, fastest early exit against the fastest whole network.
 (2) ``skipnet``: ResNet-20 at ``--skipnet-width`` (default 0.5: stage widths 8/16/32; 7 gated shape-keeping
     blocks, the 2 downsampling blocks stay on) with FFGate-II gates by
     :class:`~effdl_lightning.modules.SkipNetModule`: supervised (hard gates, straight-through) epochs, then
@@ -33,7 +35,7 @@ supervised + 3 hybrid-RL epochs, 5 CondConv epochs; 30 training runs). Planned �
 ≈ 75 core-minutes of single-threaded training in 2 parallel workers (≈ 38 minutes; extrapolated from the
 per-step times of a ``--quick`` run made while the machine was loaded, so rather an upper estimate) plus
 ≈ 5 minutes of timing and compiling; about twice that on a shared machine. ``--quick`` (about a minute:
-seed 0, 3 batches per epoch, no compile) writes ``dynamic_inference_quick.*`` instead. ``--part early_exit|skipnet|condconv`` reruns one part and keeps the
+seed 0, 3 batches per epoch, no compile, no ONNX) writes ``dynamic_inference_quick.*`` instead. ``--part early_exit|skipnet|condconv`` reruns one part and keeps the
 others from the existing JSON. Finished training runs are kept in ``dynamic_inference_runs.jsonl`` and reused
 unless ``--fresh``; the timed seed-0 networks are kept in ``--workdir`` (a missing one is retrained).
 """
@@ -76,6 +78,7 @@ from benchmarks._common import (
 )
 from benchmarks._quant_common import load_rows, run_jobs
 from benchmarks.sparse_inference import time_round_robin
+from benchmarks.structured_pruning import export_onnx, ort_runner
 from effdl_lightning.core.dynamic import (
     CompiledStages,
     assign_exits,
@@ -84,6 +87,7 @@ from effdl_lightning.core.dynamic import (
     macs_table,
 )
 from effdl_lightning.data import MNISTSubsetDataModule
+from effdl_lightning.export import export_stages_onnx
 from effdl_lightning.measure import profile, register_macs_rule
 from effdl_lightning.measure.latency import num_threads
 from effdl_lightning.models import create
@@ -123,12 +127,15 @@ CONDCONV, STATIC, WIDE = "CondConv", "static", "static, equal MACs"
 EE_VARIANT = "early exit"
 EE_COMPILED = "early exit, compiled stages"
 EE_BUCKETS = "early exit, compiled stages, static buckets"
+EE_ORT = "early exit, ONNX Runtime stages"
 BUCKETS = (8, 16, 32, 64)  # CompiledStages(buckets=...): the remaining samples are padded up to one of these
-WHOLE, WHOLE_ALL, WHOLE_COMPILED = (
+WHOLE, WHOLE_ALL, WHOLE_COMPILED, WHOLE_ORT = (
     "whole, last exit only",
     "whole, every exit",
     "whole, last exit only, compiled",
+    "whole, last exit only, ONNX Runtime",
 )
+EE_KINDS = (EE_VARIANT, EE_COMPILED, EE_BUCKETS, EE_ORT)
 
 
 def single_arm(blocks: int) -> str:
@@ -490,10 +497,11 @@ def early_exit_timing(
                 variants[EE_BUCKETS] = partial(early_exit_inference, bucketed, thresholds=thresholds)
             except Exception as error:
                 out["notes"][EE_BUCKETS] = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+            ort_variants(net, whole, module, batches, thresholds, variants, out)
         samples = time_batches(variants, batches, warmup, rounds)
     torch._dynamo.reset()
     ms = {k: quartiles(v) for k, v in samples.items()}
-    ee_kinds = [k for k in (EE_VARIANT, EE_COMPILED, EE_BUCKETS) if k in ms]
+    ee_kinds = [k for k in EE_KINDS if k in ms]
     full = [k for k in ms if k not in ee_kinds]
     best = min(full, key=lambda k: ms[k]["median"])
     best_ee = min(ee_kinds, key=lambda k: ms[k]["median"])
@@ -501,6 +509,48 @@ def early_exit_timing(
     out["speedup"] = {k: paired(samples, k, EE_VARIANT) for k in full}
     out["speedup_vs_best"] = paired(samples, best, best_ee)
     return out
+
+
+def ort_variants(
+    net: nn.Module,
+    whole: nn.Module,
+    module: EarlyExitModule,
+    batches: list[Tensor],
+    thresholds: list[float],
+    variants: dict[str, Callable[[Tensor], Any]],
+    out: dict[str, Any],
+) -> None:
+    """Add the whole network and the early exit on ONNX Runtime (1 thread) to ``variants``, each checked
+    against eager PyTorch on every batch; a runtime that fails here is noted, not fatal."""
+    try:
+        start = time.perf_counter()
+        run_whole = ort_runner(export_onnx(whole, SHAPE), threads=1)
+        for b in batches:
+            with torch.no_grad():
+                ref = whole(b)
+            err = float((run_whole(b) - ref).abs().max())
+            if err > 1e-3 * float(ref.abs().max()) + 1e-4:
+                raise RuntimeError(f"output differs from eager by {err:.2e}")
+        out["ort_whole_s"] = time.perf_counter() - start
+        variants[WHOLE_ORT] = run_whole
+    except Exception as error:
+        out["notes"][WHOLE_ORT] = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+    try:  # one graph per stage with a dynamic batch dimension, run by early_exit_inference
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            stages = export_stages_onnx(net, batches[0][:2], tmp, threads=1)
+        for b in batches:
+            got = early_exit_inference(stages, b, thresholds)
+            ref = module.early_exit_predict(b, thresholds)
+            err = float((got.logits - ref.logits).abs().max())
+            if err > 1e-3 * float(ref.logits.abs().max()) + 1e-4 or not torch.equal(
+                got.exit_index, ref.exit_index
+            ):
+                raise RuntimeError(f"exits or logits differ from eager (logits by {err:.2e})")
+        out["ort_stages_s"] = time.perf_counter() - start
+        variants[EE_ORT] = partial(early_exit_inference, stages, thresholds=thresholds)
+    except Exception as error:
+        out["notes"][EE_ORT] = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
 
 
 def models_timing(
@@ -860,7 +910,7 @@ def early_exit_markdown(part: dict[str, Any]) -> list[str]:
             (
                 k + (" ★" if k in (timing["best_full"], timing.get("best_ee")) else ""),
                 _ms(q),
-                "—" if k in (EE_VARIANT, EE_COMPILED, EE_BUCKETS) else _x(timing["speedup"][k]),
+                "—" if k in EE_KINDS else _x(timing["speedup"][k]),
             )
             for k, q in timing["ms"].items()
         ]
@@ -880,7 +930,12 @@ def early_exit_markdown(part: dict[str, Any]) -> list[str]:
             "`early_exit_inference(CompiledStages(model), x, θ)`: each stage compiled by inductor "
             "once with a dynamic batch dimension (`effdl_lightning.core.dynamic.CompiledStages`); *static buckets* = "
             f"`CompiledStages(model, buckets={BUCKETS}, dynamic=False, options={{'freezing': True}})`: the samples "
-            "still present are padded with zero rows up to the next bucket, one static graph per (stage, bucket).",
+            "still present are padded with zero rows up to the next bucket, one static graph per (stage, bucket). "
+            "*ONNX Runtime* (1 intra-op thread, `ORT_ENABLE_ALL`): the whole network exported by the dynamo "
+            "exporter with a dynamic batch dimension; *early exit, ONNX Runtime stages* = "
+            "`early_exit_inference(export_stages_onnx(model, x, dir), x, θ)` (`effdl_lightning.export`): one "
+            "graph per stage with a dynamic batch dimension, samples that leave are not fed to the later graphs; "
+            "both checked against eager PyTorch on every batch (same exits, logits within 1e-3).",
         ]
         if timing["notes"]:
             lines += ["", *(f"- left out: {k}: {v}" for k, v in timing["notes"].items())]

@@ -1,4 +1,5 @@
-"""Deployment formats: the Deep Compression file (arXiv:1510.00149), CSR sparse inference, int8 ONNX (QDQ)."""
+"""Deployment formats: the Deep Compression file (arXiv:1510.00149), CSR sparse inference, int8 ONNX (QDQ),
+early-exit stages on ONNX Runtime."""
 
 from effdl_lightning.export.deep_compression import (
     default_compress,
@@ -19,10 +20,12 @@ from effdl_lightning.export.packed import PackedReport, PackedTensor, load_packe
 from effdl_lightning.export.report import StorageReport, TensorReport
 from effdl_lightning.export.sparse import SparseLinear, to_sparse_inference
 from effdl_lightning.export.sparse_format import relative_index_decode, relative_index_encode
+from effdl_lightning.export.staged import OnnxStages, export_stages_onnx
 
 __all__ = [
     "HuffmanCode",
     "Int8Export",
+    "OnnxStages",
     "PackedReport",
     "PackedTensor",
     "SparseLinear",
@@ -30,6 +33,7 @@ __all__ = [
     "TensorReport",
     "default_compress",
     "export_int8_onnx",
+    "export_stages_onnx",
     "fold_batch_norm_",
     "huffman_decode",
     "huffman_encode",
