@@ -171,6 +171,30 @@ def test_with_all_gates_open_the_gated_model_equals_the_ungated_one() -> None:
     assert all(b.force is None for b in blocks)
 
 
+def test_random_gate_init_starts_gates_near_a_half_and_some_closed() -> None:
+    # the reference code's gates are not initialized open: PyTorch's default Linear init, logits near 0
+    gated = resnet()
+    torch.manual_seed(3)
+    blocks = gate_(gated, init="random")
+    probs: list[torch.Tensor] = []
+    for block in blocks.values():
+        fc = block.gate.fc
+        bound = 1 / math.sqrt(fc.in_features)
+        assert bool((fc.weight != 0).any()) and float(fc.weight.abs().max()) <= bound
+        assert float(fc.bias.abs().max()) <= bound
+        block.register_forward_pre_hook(lambda m, args: probs.append(torch.sigmoid(m.gate(args[0]))))
+    with torch.no_grad():
+        gated(torch.randn(16, *SHAPE))
+    probs_all = torch.cat(probs)
+    assert float(probs_all.min()) > 0.2 and float(probs_all.max()) < 0.8  # undecided gates, not open ones
+    assert bool((probs_all < 0.5).any())  # some (block, sample) skipped from the first step
+    open_ = gate_(resnet(), init="open")
+    assert all(float(b.gate.fc.bias) == 2.0 and not b.gate.fc.weight.any() for b in open_.values())
+    with pytest.raises(ValueError, match=r"gate init must be one of \('open', 'random'\); got 'closed'"):
+        gate_(resnet(), init="closed")
+    assert skipnet().gates["layer1.0"].gate.fc.weight.any()  # SkipNetModule's default: the reference's
+
+
 def test_gate_selection_by_pattern_and_type_and_clear_errors(caplog: pytest.LogCaptureFixture) -> None:
     model = resnet()
     with caplog.at_level(logging.INFO, logger="effdl_lightning.core.dynamic.gating"):
@@ -242,7 +266,7 @@ def test_a_higher_skip_reward_makes_the_gates_skip_more() -> None:
 
 # --- the LightningModule ----------------------------------------------------------------------------------------
 def test_module_logs_skip_ratio_and_executed_macs_and_switches_to_hybrid() -> None:
-    module = skipnet(alpha=0.1, rl_start_epoch=1)
+    module = skipnet(alpha=0.1, rl_start_epoch=1, gate_init="open")  # open gates: profile runs every branch
     run = trainer(2, num_sanity_val_steps=0)
     run.fit(module, data(), data(seed=1))
     m = run.callback_metrics
@@ -302,6 +326,8 @@ def test_bad_arguments_are_refused_with_the_allowed_values() -> None:
         skipnet(gamma=0)
     with pytest.raises(ValueError, match=r"`gate` must be one of \('conv', 'linear'\), got 'lstm'"):
         skipnet(gate="lstm")
+    with pytest.raises(ValueError, match=r"`gate_init` must be one of \('open', 'random'\), got 'closed'"):
+        skipnet(gate_init="closed")
     with pytest.raises(ValueError, match=r"`gate_lr` must be > 0 or None \(the optimizer's\), got 0"):
         skipnet(gate_lr=0)
     with pytest.raises(TypeError, match=r"`model` must be a torch\.nn\.Module, got str"):

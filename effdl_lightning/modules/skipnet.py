@@ -13,6 +13,7 @@ from torchmetrics import MeanMetric
 from typing_extensions import override
 
 from effdl_lightning.core.dynamic.gating import (
+    GATE_INITS,
     GATE_KINDS,
     GatedResidual,
     MacsTable,
@@ -59,6 +60,10 @@ class SkipNetModule(ClassificationModule):
             0.01; this mean over the batch with λ = 1 is about that at batch 128.
         gamma: discount ``0 < γ ≤ 1`` of the gates' returns (1 in the paper's CIFAR runs).
         gate: gate kind: ``"conv"`` (FFGate-II: 3×3 stride-2 conv, BN, ReLU, pool, linear) or ``"linear"``.
+        gate_init: ``"random"`` (the reference code's: gates start near ½, some blocks skipped from the first
+            step, so the network learns to do without them) or ``"open"`` (every gate starts open: the gated
+            model starts as the plain one, for gating a trained network). See
+            :class:`~effdl_lightning.core.dynamic.SkipGate`.
         include: glob patterns of block names to gate (default: every candidate block).
         exclude: glob patterns of block names to leave ungated.
         gate_lr: learning rate of the gates' parameters (a second parameter group); ``None`` = the
@@ -80,6 +85,7 @@ class SkipNetModule(ClassificationModule):
         rl_weight: float = 1.0,
         gamma: float = 1.0,
         gate: str = "conv",
+        gate_init: str = "random",
         include: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
         gate_lr: float | None = None,
@@ -101,6 +107,8 @@ class SkipNetModule(ClassificationModule):
             raise ValueError(f"`gamma` must be in (0, 1], got {gamma}")
         if gate not in GATE_KINDS:
             raise ValueError(f"`gate` must be one of {GATE_KINDS}, got {gate!r}")
+        if gate_init not in GATE_INITS:
+            raise ValueError(f"`gate_init` must be one of {GATE_INITS}, got {gate_init!r}")
         if gate_lr is not None and not float(gate_lr) > 0:
             raise ValueError(f"`gate_lr` must be > 0 or None (the optimizer's), got {gate_lr}")
         # plain types only, so that checkpoints load with weights_only=True
@@ -109,7 +117,7 @@ class SkipNetModule(ClassificationModule):
         include = [str(p) for p in include] if include is not None else None
         exclude = [str(p) for p in exclude] if exclude is not None else None
         gate_lr = float(gate_lr) if gate_lr is not None else None
-        gate_(model, include=include, exclude=exclude, kind=gate)
+        gate_(model, include=include, exclude=exclude, kind=gate, init=gate_init)
         super().__init__(
             model,
             num_classes,

@@ -17,6 +17,7 @@ from effdl_lightning.core.dynamic.budget import (
 )
 from effdl_lightning.core.dynamic.exits import ExitHead, MultiExitNetwork, is_staged, num_exits_of
 from effdl_lightning.core.dynamic.gating import (
+    GATE_INITS,
     GATE_KINDS,
     GATE_MODES,
     GatedResidual,
@@ -33,6 +34,7 @@ from effdl_lightning.core.dynamic.gating import (
 
 __all__ = [
     "DEFAULT_BUDGETS",
+    "GATE_INITS",
     "GATE_KINDS",
     "GATE_MODES",
     "AnytimeResult",

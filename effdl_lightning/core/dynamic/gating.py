@@ -38,26 +38,36 @@ log = logging.getLogger(__name__)
 
 GATE_KINDS = ("conv", "linear")
 GATE_MODES = ("hard", "sample")
+GATE_INITS = ("open", "random")
 
 
 class SkipGate(nn.Module):
     """One logit per sample from a block's input (SkipNet FFGate-II, arXiv 1711.09485, §3.2).
 
     ``kind="conv"``: ``z = w·GAP(ReLU(BN(conv₃ₓ₃,s2(x)))) + b``; ``kind="linear"``: ``z = w·GAP(x) + b``.
-    ``w`` starts at zero and ``b`` at ``open_bias``, so every gate starts open with ``σ(b)`` and the gated
-    network starts as the plain one.
+
+    ``init="open"``: ``w`` starts at zero and ``b`` at ``open_bias``, so every gate starts open with ``σ(b)``
+    and the gated network starts as the plain one (for gating a trained network). ``init="random"``: PyTorch's
+    default ``Linear`` initialization (``w``, ``b`` uniform in ``±1/√C``), so gates start near ½, some closed,
+    as in the reference code, whose gates are not initialized open: the supervised phase then trains the
+    network with blocks skipped from the start, and it learns to do without some of them.
 
     Args:
         channels: input channels of the block.
         dims: spatial dimensions of the input (1 for ``Conv1d`` blocks, 2 for ``Conv2d``).
         kind: ``"conv"`` (FFGate-II) or ``"linear"``.
-        open_bias: initial logit (``> 0``: open).
+        open_bias: initial logit with ``init="open"`` (``> 0``: open).
+        init: ``"open"`` or ``"random"``.
     """
 
-    def __init__(self, channels: int, dims: int = 2, kind: str = "conv", open_bias: float = 2.0) -> None:
+    def __init__(
+        self, channels: int, dims: int = 2, kind: str = "conv", open_bias: float = 2.0, init: str = "open"
+    ) -> None:
         super().__init__()
         if kind not in GATE_KINDS:
             raise ValueError(f"gate kind must be one of {GATE_KINDS}; got {kind!r}")
+        if init not in GATE_INITS:
+            raise ValueError(f"gate init must be one of {GATE_INITS}; got {init!r}")
         if dims not in (1, 2):
             raise ValueError(f"gates support 1-D or 2-D feature maps; got dims={dims}")
         self.kind = kind
@@ -69,8 +79,9 @@ class SkipGate(nn.Module):
                 conv(channels, channels, 3, stride=2, padding=1, bias=False), norm(channels), nn.ReLU()
             )
         self.fc = nn.Linear(channels, 1)
-        nn.init.zeros_(self.fc.weight)
-        nn.init.constant_(self.fc.bias, float(open_bias))
+        if init == "open":
+            nn.init.zeros_(self.fc.weight)
+            nn.init.constant_(self.fc.bias, float(open_bias))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the logits ``z`` of shape ``(N,)``."""
@@ -199,6 +210,7 @@ def gate_(
     act: str = "relu2",
     kind: str = "conv",
     open_bias: float = 2.0,
+    init: str = "open",
 ) -> dict[str, GatedResidual]:
     """Wrap every residual block of ``model`` in a :class:`GatedResidual`, in place (SkipNet, arXiv 1711.09485).
 
@@ -216,16 +228,20 @@ def gate_(
         shortcut: attribute name of the shortcut submodule.
         act: attribute name of the activation after the residual sum.
         kind: gate kind, ``"conv"`` (FFGate-II) or ``"linear"`` (pool + linear).
-        open_bias: initial gate logit (``> 0``: every gate starts open).
+        open_bias: initial gate logit with ``init="open"`` (``> 0``: every gate starts open).
+        init: ``"open"`` (the gated model starts as the plain one) or ``"random"`` (the reference code's: gates
+            start near ½, see :class:`SkipGate`).
 
     Returns:
         ``{name: GatedResidual}`` of the new gated blocks (empty, with a warning, when none qualifies).
 
     Raises:
-        ValueError: an unknown ``kind``, or a pattern that matches no candidate block.
+        ValueError: an unknown ``kind`` or ``init``, or a pattern that matches no candidate block.
     """
     if kind not in GATE_KINDS:
         raise ValueError(f"gate kind must be one of {GATE_KINDS}; got {kind!r}")
+    if init not in GATE_INITS:
+        raise ValueError(f"gate init must be one of {GATE_INITS}; got {init!r}")
     inc = (include,) if isinstance(include, str) else tuple(include or ())
     exc = (exclude,) if isinstance(exclude, str) else tuple(exclude or ())
     types = tuple(block_types or ())
@@ -268,7 +284,9 @@ def gate_(
         activation = getattr(block, act)
         setattr(block, shortcut, _ZeroShortcut())
         setattr(block, act, nn.Identity())
-        gate = SkipGate(conv.in_channels, dims=len(conv.kernel_size), kind=kind, open_bias=open_bias)
+        gate = SkipGate(
+            conv.in_channels, dims=len(conv.kernel_size), kind=kind, open_bias=open_bias, init=init
+        )
         wrapper = GatedResidual(block, short, activation, gate)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
