@@ -21,9 +21,10 @@ networks of a part get the same epochs and learning rate (the presets' rates: ``
 (2) ``skipnet``: ResNet-20 at ``--skipnet-width`` (default 0.5: stage widths 8/16/32; 7 gated shape-keeping
     blocks, the 2 downsampling blocks stay on) with FFGate-II gates by
     :class:`~effdl_lightning.modules.SkipNetModule`: supervised (hard gates, straight-through) epochs, then
-    hybrid-RL epochs with skip reward α ∈ {0.1, 0.01, 0.001} (the issue's, as in the paper) and α ∈ {1, 3} (in this
-    short budget on a 7-gate network the smaller rewards leave every gate open); against the ungated ResNet-20 trained for the
-    same total epochs. Test skip ratio, accuracy, average executed MACs (really skipped at evaluation), and the
+    hybrid-RL epochs with skip reward α ∈ {0.1, 0.01, 0.001} (the issue's, as in the paper) and α ∈ {1, 3}, each
+    with gates initialized open and with the reference code's random gate initialization; against the ungated
+    ResNet-20 trained for the same total epochs. A longer budget (``--skipnet-long-rl`` hybrid-RL epochs, default
+    12) for random-init α ∈ {0.1, 0.001} and the ungated network trained as long. Test skip ratio, accuracy, average executed MACs (really skipped at evaluation), and the
     seed-0 wall-clock at batch 64, 1 thread, interleaved.
 (3) ``condconv``: VGG-small (32/64/128) with every conv a 4-expert ``CondConv2d``
     (``replace_convs_with_condconv_``, the ``+model.conv=condconv`` switch) against the static VGG-small of the
@@ -31,10 +32,10 @@ networks of a part get the same epochs and learning rate (the presets' rates: ``
     (routing + kernel mixing + conv, ``condconv_macs``), params, and the seed-0 wall-clock at batch 64.
 
 Run: ``python -m benchmarks --only dynamic_inference`` (defaults: 6 epochs per early-exit network, SkipNet 3
-supervised + 3 hybrid-RL epochs, 5 CondConv epochs; 30 training runs). Planned ≤ 45 minutes on 2 quiet cores:
-≈ 75 core-minutes of single-threaded training in 2 parallel workers (≈ 38 minutes; extrapolated from the
-per-step times of a ``--quick`` run made while the machine was loaded, so rather an upper estimate) plus
-≈ 5 minutes of timing and compiling; about twice that on a shared machine. ``--quick`` (about a minute:
+supervised + 3 hybrid-RL epochs and the 3 + 12 arms, 15 CondConv epochs; 63 training runs). Measured: 148
+core-minutes of single-threaded training (early exit 53, SkipNet 76, CondConv 19; the recorded runs' sums), so
+≈ 75 minutes in 2 parallel workers on 2 quiet cores, plus ≈ 8 minutes of timing, exporting and compiling;
+about twice that on a shared machine. ``--quick`` (about a minute:
 seed 0, 3 batches per epoch, no compile, no ONNX) writes ``dynamic_inference_quick.*`` instead. ``--part early_exit|skipnet|condconv`` reruns one part and keeps the
 others from the existing JSON. Finished training runs are kept in ``dynamic_inference_runs.jsonl`` and reused
 unless ``--fresh``; the timed seed-0 networks are kept in ``--workdir`` (a missing one is retrained).
@@ -106,6 +107,7 @@ CLASSES = 10
 TOL = 0.005  # the operating point may lose at most 0.5 points against the last exit (on validation)
 GOAL = 1.5  # wall-clock speedup of early exit asked for at batch 64
 ALPHAS = (3.0, 1.0, 0.1, 0.01, 0.001)
+LONG_ALPHAS = (0.1, 0.001)  # the paper's largest and smallest, with --skipnet-long-rl hybrid-RL epochs
 MSDNET: dict[str, Any] = {
     "num_blocks": 3,
     "step": 2,
@@ -142,8 +144,15 @@ def single_arm(blocks: int) -> str:
     return f"MSDNet-{blocks} block{'s' if blocks > 1 else ''}, single exit"
 
 
-def skip_arm(alpha: float) -> str:
-    return f"SkipNet α={alpha:g}"
+def skip_arm(alpha: float | None, init: str = "open", epochs: Sequence[int] | None = None) -> str:
+    """``SkipNet α=0.1`` (open gate init, default budget), ``…, random init``, ``…, 3+12 epochs``;
+    ``ungated`` / ``ungated, 15 epochs`` when ``alpha`` is None."""
+    name = (
+        UNGATED if alpha is None else f"SkipNet α={alpha:g}" + (", random init" if init == "random" else "")
+    )
+    if epochs is None:
+        return name
+    return name + (f", {sum(epochs)} epochs" if alpha is None else f", {epochs[0]}+{epochs[1]} epochs")
 
 
 class SingleExitMSDNet(nn.Module):
@@ -221,7 +230,11 @@ def build(part: str, config: dict[str, Any]) -> tuple[nn.Module, Any]:
         if config.get("alpha") is None:
             return net, ClassificationModule(net, CLASSES, **common)
         alpha, rl_start = config["alpha"], config["epochs"][0]
-        return net, SkipNetModule(net, CLASSES, alpha=alpha, rl_start_epoch=rl_start, **common)
+        # runs recorded before `gate_init` existed had open gates (then the only initialization)
+        init = config.get("gate_init", "open")
+        return net, SkipNetModule(
+            net, CLASSES, alpha=alpha, rl_start_epoch=rl_start, gate_init=init, **common
+        )
     net = create("vgg_small", num_classes=CLASSES, input_shape=SHAPE, widths=list(config["widths"]))
     if config.get("experts"):
         replace_convs_with_condconv_(net, num_experts=config["experts"])
@@ -360,9 +373,17 @@ def arms(part: str, args: argparse.Namespace, quick: bool) -> list[tuple[str, di
     if part == "skipnet":
         epochs = [1, 1] if quick else list(args.skipnet_epochs)
         common = {"width": args.skipnet_width, "epochs": epochs, "limit": limit}
-        return [(UNGATED, common | {"alpha": None}, True)] + [
-            (skip_arm(a), common | {"alpha": a}, True) for a in ALPHAS
-        ]
+        out = [(UNGATED, common | {"alpha": None}, True)]
+        out += [(skip_arm(a), common | {"alpha": a}, True) for a in ALPHAS]  # open gate init
+        out += [(skip_arm(a, "random"), common | {"alpha": a, "gate_init": "random"}, True) for a in ALPHAS]
+        if not quick and args.skipnet_long_rl:  # a longer hybrid-RL phase (not timed)
+            long = common | {"epochs": [epochs[0], args.skipnet_long_rl]}
+            out.append((skip_arm(None, epochs=long["epochs"]), long | {"alpha": None}, False))
+            out += [
+                (skip_arm(a, "random", long["epochs"]), long | {"alpha": a, "gate_init": "random"}, False)
+                for a in LONG_ALPHAS
+            ]
+        return out
     epochs = 1 if quick else args.condconv_epochs
     wide, _ = equal_macs_widths(EXPERTS)
     common = {"epochs": epochs, "limit": limit}
@@ -663,18 +684,30 @@ def summarize_early_exit(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _skipnet_order(config: dict[str, Any]) -> tuple[Any, ...]:
+    """Budget, then gate init (open first), ungated first, then α from large to small."""
+    alpha = config["alpha"]
+    return (
+        sum(config["epochs"]),
+        config.get("gate_init", "open") != "open",
+        alpha is not None,
+        -(alpha or 0),
+    )
+
+
 def summarize_skipnet(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out = []
-    for arm in (UNGATED, *(skip_arm(a) for a in ALPHAS)):
+    configs = {r["arm"]: r["config"] for r in rows}
+    for arm in sorted(configs, key=lambda a: _skipnet_order(configs[a])):
         mine = [r for r in rows if r["arm"] == arm]
-        if not mine:
-            continue
         base = mine[0]["macs_ungated"]
         names = list(mine[0]["executed"])
         out.append(
             {
                 "arm": arm,
                 "alpha": mine[0]["config"]["alpha"],
+                "gate_init": mine[0]["config"].get("gate_init", "open"),
+                "epochs": mine[0]["config"]["epochs"],
                 "seeds": [r["seed"] for r in mine],
                 "gates": mine[0]["gates"],
                 "params": mine[0]["params"],
@@ -957,7 +990,10 @@ def skipnet_markdown(part: dict[str, Any]) -> list[str]:
         f"rl_start_epoch={sup})`: FFGate-II gates on the 7 shape-keeping blocks, {sup} supervised epochs (hard "
         f"gates, straight-through) then {rl} hybrid-RL epochs (sampled gates, CE + REINFORCE with skip reward "
         f"α); the ungated ResNet-20 trained {sup + rl} epochs with `ClassificationModule`; SGD lr {LR['skipnet']}, "
-        "cosine over all epochs. At test the gates are deterministic and a skipped block's branch is not computed "
+        "cosine over all epochs. *Open init* (rows without a suffix) = `gate_init='open'`: every gate starts open "
+        "(w = 0, b = 2), the gated network starts as the plain one; *random init* = `gate_init='random'` (the "
+        "default, as the reference code): PyTorch's default Linear init, gates start near ½ and some blocks are "
+        "skipped from the first step. Rows with `s+r epochs` have a longer hybrid-RL phase (not timed). At test the gates are deterministic and a skipped block's branch is not computed "
         "for that sample. *Skip ratio* = fraction of (test sample, gated block) pairs skipped; *avg executed MACs* "
         "= always-on layers and gates + each gated branch × the fraction of samples running it (`test/avg_macs`), "
         "against the ungated network's MACs. Wall-clock: the seed-0 networks, eager, batch 64, 1 thread, the full "
@@ -979,7 +1015,7 @@ def skipnet_markdown(part: dict[str, Any]) -> list[str]:
                 f"{r['avg_macs']['mean'] / 1e6:.2f}M ± {r['avg_macs']['std'] / 1e6:.2f}M",
                 f"{r['macs_fraction']['mean']:.3f}×",
                 "—" if ms is None else _ms(ms),
-                "1.00×" if r["alpha"] is None else ("—" if speed is None else _x(speed)),
+                "1.00×" if r["arm"] == UNGATED else ("—" if speed is None else _x(speed)),
             )
         )
     header = (
@@ -1149,7 +1185,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     """(a) early-exit curves, (b) SkipNet and (c) CondConv accuracy vs MACs, (d) wall-clock ratios."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(20, 5))
+    fig = Figure(figsize=(22, 7), layout="constrained")
     axes = fig.subplots(1, 4)
     ee = result.get("early_exit", {}).get("summary")
     ax = axes[0]
@@ -1225,7 +1261,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set(
             xlabel="average executed MACs (M)" if key == "skipnet" else "MACs (M)", ylabel="test accuracy (%)"
         )
-        ax.legend(fontsize=7)
+        if key == "skipnet":  # many arms: the legend beside the axes, not over the points
+            ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+        else:
+            ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     ax = axes[3]
     bars: list[tuple[str, float, float, float]] = []
@@ -1233,6 +1272,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
     if timing:
         for k, s in timing["speedup"].items():
             bars.append((f"EE vs {k}", s["ratio_of_medians"], s["paired_p25"], s["paired_p75"]))
+        if timing.get("best_ee") and timing["best_ee"] != EE_VARIANT:
+            s = timing["speedup_vs_best"]
+            label = "EE, fastest vs fastest whole (see md)"
+            bars.append((label, s["ratio_of_medians"], s["paired_p25"], s["paired_p75"]))
     for key in ("skipnet", "condconv"):
         t = result.get(key, {}).get("timing")
         for k, s in (t or {}).get("speedup", {}).items():
@@ -1249,7 +1292,6 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set(xlabel="wall-clock ratio (> 1: faster), batch 64, 1 thread")
         ax.legend(fontsize=7)
     ax.set_title("(d) measured wall-clock, seed 0")
-    fig.tight_layout()
     fig.savefig(str(path), dpi=120)
 
 
@@ -1278,7 +1320,13 @@ def main(argv: list[str] | None = None) -> None:
         help="SkipNet phases",
     )
     parser.add_argument("--skipnet-width", type=float, default=0.5, help="ResNet-20 width multiplier")
-    parser.add_argument("--condconv-epochs", type=int, default=5)
+    parser.add_argument(
+        "--skipnet-long-rl",
+        type=int,
+        default=12,
+        help="hybrid-RL epochs of the longer-budget arms (ungated and random-init α ∈ {0.1, 0.001}); 0 = none",
+    )
+    parser.add_argument("--condconv-epochs", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=15, help="timing rounds per variant")
     parser.add_argument(
         "--no-compile", action="store_true", help="do not time torch.compile of the whole MSDNet"

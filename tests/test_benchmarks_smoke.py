@@ -170,9 +170,14 @@ def test_dynamic_inference_quick(tmp_path: Path) -> None:
     assert set(timing["ms"]) == {di.EE_VARIANT, di.WHOLE, di.WHOLE_ALL}  # no compile in --quick
     assert set(timing["speedup"]) == {di.WHOLE, di.WHOLE_ALL}
     assert timing["agreement"] >= 0.99 and sum(timing["exit_fractions"]) == pytest.approx(1.0)
-    # (2) SkipNet: the ungated baseline and the three skip rewards
+    # (2) SkipNet: the ungated baseline and the skip rewards, gates initialized open and at random (no longer
+    # budget in --quick)
     skip = {r["arm"]: r for r in result["skipnet"]["summary"]["rows"]}
-    assert set(skip) == {di.UNGATED, *(di.skip_arm(a) for a in di.ALPHAS)}
+    assert set(skip) == {
+        di.UNGATED,
+        *(di.skip_arm(a, init) for a in di.ALPHAS for init in ("open", "random")),
+    }
+    assert {r["gate_init"] for a, r in skip.items() if a != di.UNGATED} == {"open", "random"}
     assert skip[di.UNGATED]["gates"] == 0 and all(r["gates"] == 7 for a, r in skip.items() if a != di.UNGATED)
     assert all(0.0 <= r["skip_ratio"]["mean"] <= 1.0 and r["acc"]["values"] for r in skip.values())
     assert set(result["skipnet"]["timing"]["speedup"]) == set(skip) - {di.UNGATED}
